@@ -67,6 +67,8 @@ def _native_extensions():
         return [], {}
 
     cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+    if not cpp_sources:
+        return [], {}
     cpu_sources = [s for s in cpp_sources if not s.endswith("_cuda.cpp")]
     cuda_sources = [s for s in cpp_sources if s.endswith("_cuda.cpp")]
     cuda_sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
