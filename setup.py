@@ -78,7 +78,7 @@ def _native_extensions():
         and cpp_extension.CUDA_HOME is not None
         and shutil.which(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")) is not None
     )
-    cxx_flags = ["-O3", "-std=c++17"]
+    cxx_flags = ["-O3", "-std=c++20"]
     if with_cuda:
         extension = cpp_extension.CUDAExtension(
             name="effreason._C",
@@ -87,7 +87,7 @@ def _native_extensions():
             define_macros=[("EFFREASON_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx_flags,
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] + _cuda_gencode_flags(),
+                "nvcc": ["-O3", "-std=c++17", "-lineinfo"] + _cuda_gencode_flags(),
             },
         )
     else:

@@ -15,6 +15,13 @@ from effreason.advantages import rloo_advantages
 from effreason.rewards import length_penalized_reward
 
 
+if has_native():
+
+    @torch.library.register_fake("effreason::length_penalized_rloo")
+    def _length_penalized_rloo_fake(correct, lengths, group_size, alpha):
+        return correct.new_empty(correct.shape, dtype=torch.float32), correct.new_empty(correct.shape, dtype=torch.float32)
+
+
 def native_segment_available(device: torch.device) -> bool:
     """Whether the native segment kernel exists for ``device``."""
     if device.type == "cpu":

@@ -1,0 +1,108 @@
+"""The evaluation report: one dict (written as ``--json``) and the table printed on stdout.
+
+Report layout::
+
+    {"model": DIR, "settings": {...},
+     "datasets": {LABEL: metrics},                       # effreason.eval.metrics.dataset_metrics
+     "baseline": {"model": DIR, "datasets": {LABEL: metrics}} or None,
+     "normalised": {LABEL: {"accuracy_pct", "tokens_pct"}, "average": {...}} or None}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from effreason.eval.metrics import average_normalised, normalised
+
+
+def build_report(model: str, settings: dict, datasets: dict[str, dict], baseline: dict | None = None) -> dict:
+    """Assemble the report; with a ``baseline`` report (same layout) add the normalised columns (100 = baseline)."""
+    report = {"model": model, "settings": settings, "datasets": datasets, "baseline": None, "normalised": None}
+    if baseline is not None:
+        report["baseline"] = {"model": baseline["model"], "datasets": baseline["datasets"]}
+        report["normalised"] = normalised_columns(datasets, baseline["datasets"])
+    return report
+
+
+def normalised_columns(datasets: dict[str, dict], baseline_datasets: dict[str, dict]) -> dict:
+    """``normalised`` per dataset both reports share, plus their ``average``; ValueError if they share none."""
+    shared = [label for label in datasets if label in baseline_datasets]
+    if not shared:
+        raise ValueError(
+            f"baseline has none of the evaluated datasets (evaluated {sorted(datasets)}, baseline {sorted(baseline_datasets)})"
+        )
+    columns = {label: normalised(datasets[label], baseline_datasets[label]) for label in shared}
+    columns["average"] = average_normalised(list(columns.values()))
+    return columns
+
+
+def read_report(path: str | Path) -> dict:
+    """A report written by ``--json`` (used as ``--baseline FILE.json``); ValueError if it is not one."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read evaluation report {path}: {error}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("datasets"), dict):
+        raise ValueError(f"{path} is not an evaluation report (no 'datasets')")
+    return report
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def format_table(report: dict) -> str:
+    """Fixed-width table: one row per dataset, indented rows per difficulty, normalised columns with a baseline."""
+    normalised_rows = report.get("normalised") or {}
+    header = ["dataset", "problems", "samples", "acc %", "mean tok", "median tok", "trunc %"]
+    if normalised_rows:
+        header += ["acc norm", "tok norm"]
+    rows = []
+    for label, metrics in report["datasets"].items():
+        rows.append([label, str(metrics["num_problems"]), str(metrics["num_samples"]), *_stat_cells(metrics),
+                     *_normalised_cells(normalised_rows, label)])
+        for level, stats in metrics.get("by_difficulty", {}).items():
+            rows.append([f"  level {level}", "", "", *_stat_cells(stats), *_normalised_cells(normalised_rows, None)])
+    if normalised_rows:
+        rows.append(["average", "", "", "", "", "", "", *_normalised_cells(normalised_rows, "average")])
+    lines = [_join(header, header), *(_join(row, header) for row in rows)]
+    lines += _budget_lines(report["datasets"])
+    return "\n".join(lines)
+
+
+def _stat_cells(stats: dict) -> list[str]:
+    return [f"{100 * stats['accuracy']:.1f}", f"{stats['mean_tokens']:.1f}", f"{stats['median_tokens']:.1f}",
+            f"{100 * stats['truncation_rate']:.1f}"]
+
+
+def _normalised_cells(normalised_rows: dict, label: str | None) -> list[str]:
+    if not normalised_rows:
+        return []
+    row = normalised_rows.get(label) or {}
+    return [_optional(row.get("accuracy_pct")), _optional(row.get("tokens_pct"))]
+
+
+def _optional(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _join(cells: list[str], header: list[str]) -> str:
+    widths = [max(len(name), 12 if index == 0 else 8) for index, name in enumerate(header)]
+    first = cells[0].ljust(widths[0])
+    return "  ".join([first, *(cell.rjust(width) for cell, width in zip(cells[1:], widths[1:]))])
+
+
+def _budget_lines(datasets: dict[str, dict]) -> list[str]:
+    lines = []
+    for label, metrics in datasets.items():
+        budget = metrics.get("budget")
+        if budget:
+            lines.append(
+                f"{label}: prompted budget {budget['budget']} tokens: {100 * budget['within_budget']:.1f}% of responses "
+                f"within it, mean length {budget['length_ratio']:.2f}x the budget"
+            )
+    return lines

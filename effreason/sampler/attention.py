@@ -1,0 +1,169 @@
+"""Paged attention over the KV cache: the pure-torch reference and the dispatch to fast kernels.
+
+KV cache layout, per layer: ``k_cache, v_cache`` of shape ``(num_blocks, num_kv_heads, block_size,
+head_dim)``: block ``b`` holds ``block_size`` consecutive tokens of one sequence, head-major so a
+block of one KV head is a contiguous ``(block_size, head_dim)`` tile. Token ``t`` of a sequence
+with block table ``T`` lives at block ``T[t // block_size]``, row ``t % block_size``.
+
+Decode attention of sequence ``s`` (context length ``L_s``), query head ``h`` in KV group
+``g = h // (num_heads / num_kv_heads)`` (grouped-query attention, Ainslie et al. 2023):
+
+    out[s, h] = sum_{t < L_s} softmax_t(scale * q[s, h] . K[s, g, t]) V[s, g, t]
+
+Backends, fastest first where usable: flash-attn's ``flash_attn_with_kvcache`` (CUDA, block size a
+multiple of 256), the native CUDA op ``torch.ops.effreason.paged_attention_decode``, the Triton
+kernel ``effreason.kernels.paged_attention`` (CUDA), this file's torch reference (everywhere).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+
+import torch
+import torch.nn.functional as F
+
+from effreason import _backends
+
+
+@dataclasses.dataclass(slots=True)
+class AttentionMetadata:
+    """Per-step tensors shared by every layer.
+
+    * ``write_index`` (N * Hkv,): row of ``cache.view(-1, head_dim)`` receiving token n, KV head h.
+    * prefill: ``seq_bounds`` python ``[(start, end)]`` of each sequence in the packed tokens,
+      ``cu_seqlens`` (S + 1,) int32 and ``max_seqlen`` for varlen kernels.
+    * decode: ``block_tables`` (B, max_blocks) int32, ``context_lens`` (B,) int32, and for the
+      torch path ``gather_index`` (B * Hkv * max_blocks,) and ``padding_mask`` (B * Hkv, 1, T).
+    """
+
+    is_prefill: bool
+    write_index: torch.Tensor
+    seq_bounds: list[tuple[int, int]] | None = None
+    cu_seqlens: torch.Tensor | None = None
+    max_seqlen: int = 0
+    block_tables: torch.Tensor | None = None
+    context_lens: torch.Tensor | None = None
+    gather_index: torch.Tensor | None = None
+    padding_mask: torch.Tensor | None = None
+
+
+def write_index(slot_mapping: torch.Tensor, num_kv_heads: int, block_size: int) -> torch.Tensor:
+    """Rows of ``cache.view(-1, head_dim)`` for each (token, KV head): ``((b * Hkv + h) * bs + r)``.
+
+    ``slot_mapping`` (N,) holds ``block * block_size + row`` of each token. Returns (N * Hkv,).
+    """
+    block = torch.div(slot_mapping, block_size, rounding_mode="floor")
+    row = slot_mapping - block * block_size
+    heads = torch.arange(num_kv_heads, device=slot_mapping.device)
+    return ((block[:, None] * num_kv_heads + heads[None, :]) * block_size + row[:, None]).reshape(-1)
+
+
+def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             index: torch.Tensor) -> None:
+    """Store ``key, value`` (N, Hkv, D) at the cache rows ``index`` (from ``write_index``)."""
+    head_dim = key.shape[-1]
+    k_cache.view(-1, head_dim).index_copy_(0, index, key.reshape(-1, head_dim))
+    v_cache.view(-1, head_dim).index_copy_(0, index, value.reshape(-1, head_dim))
+
+
+def gather_index(block_tables: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """Tiles of ``cache.view(-1, block_size, D)`` for each (sequence, KV head, block): (B * Hkv * MB,)."""
+    heads = torch.arange(num_kv_heads, device=block_tables.device)
+    return (block_tables.long()[:, None, :] * num_kv_heads + heads[None, :, None]).reshape(-1)
+
+
+def padding_mask(context_lens: torch.Tensor, num_kv_heads: int, num_slots: int) -> torch.Tensor:
+    """Additive mask (B * Hkv, 1, num_slots): 0 for ``t < context_len``, -inf beyond."""
+    slots = torch.arange(num_slots, device=context_lens.device)
+    beyond = slots[None, :] >= context_lens.long()[:, None]  # (B, T)
+    mask = torch.zeros(beyond.shape, dtype=torch.float32, device=context_lens.device)
+    mask.masked_fill_(beyond, float("-inf"))
+    return mask.repeat_interleave(num_kv_heads, dim=0)[:, None, :]
+
+
+def attend_gathered(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    index: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Decode attention given ``gather_index`` and ``padding_mask``: query (B, H, D) -> (B, H, D).
+
+    Softmax in float32; the output is in the query's dtype.
+    """
+    num_seqs, num_heads, head_dim = query.shape
+    num_kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
+    rows = mask.shape[0]  # B * Hkv
+    tiles = k_cache.view(-1, block_size, head_dim)
+    keys = tiles.index_select(0, index).view(rows, -1, head_dim)  # (B*Hkv, T, D)
+    values = v_cache.view(-1, block_size, head_dim).index_select(0, index).view(rows, -1, head_dim)
+    grouped = query.reshape(rows, num_heads // num_kv_heads, head_dim)  # (B*Hkv, G, D)
+    scores = torch.baddbmm(mask.to(query.dtype), grouped, keys.transpose(1, 2), alpha=scale).float()
+    probs = scores.softmax(dim=-1).to(values.dtype)  # (B*Hkv, G, T)
+    return torch.bmm(probs, values).view(num_seqs, num_heads, head_dim)
+
+
+def paged_decode_attention_reference(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                     block_tables: torch.Tensor, context_lens: torch.Tensor,
+                                     scale: float) -> torch.Tensor:
+    """Pure-torch paged decode attention (formula in the module docstring), the oracle of the kernels.
+
+    query (B, H, D); caches (num_blocks, Hkv, block_size, D); block_tables (B, MB) with entries
+    past a sequence's blocks pointing at any valid block; context_lens (B,) in [1, MB * block_size].
+    """
+    num_kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
+    index = gather_index(block_tables, num_kv_heads)
+    mask = padding_mask(context_lens, num_kv_heads, block_tables.shape[1] * block_size)
+    return attend_gathered(query, k_cache, v_cache, index, mask, scale)
+
+
+def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """Causal self-attention of each packed sequence over its own tokens: (N, H, D) -> (N, H, D)."""
+    flash = _flash_attn()
+    if flash is not None and query.is_cuda:
+        return flash.flash_attn_varlen_func(query, key, value, meta.cu_seqlens, meta.cu_seqlens,
+                                            meta.max_seqlen, meta.max_seqlen, softmax_scale=scale, causal=True)
+    out = torch.empty_like(query)
+    for start, end in meta.seq_bounds:
+        q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))  # (heads, L, D)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        out[start:end] = attended.transpose(0, 1)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _flash_attn():
+    """The flash_attn module when installed (its paged and varlen entry points), else None."""
+    try:
+        return importlib.import_module("flash_attn")
+    except Exception:  # a broken CUDA install raises more than ImportError
+        return None
+
+
+def choose_decode_backend(device: torch.device, block_size: int) -> str:
+    """The fastest decode backend usable on ``device``: "flash", "native", "triton" or "torch"."""
+    if device.type != "cuda":
+        return "torch"
+    if _flash_attn() is not None and block_size % 256 == 0:
+        return "flash"
+    if _backends.has_native_cuda() and hasattr(torch.ops.effreason, "paged_attention_decode"):
+        return "native"
+    if _backends.has_triton():
+        return "triton"
+    return "torch"
+
+
+def decode_attention(backend: str, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """Paged decode attention (module docstring) with ``backend``: query (B, H, D) -> (B, H, D)."""
+    if backend == "torch":
+        return attend_gathered(query, k_cache, v_cache, meta.gather_index, meta.padding_mask, scale)
+    if backend == "triton":
+        from effreason.kernels.paged_attention import paged_attention_decode
+        return paged_attention_decode(query, k_cache, v_cache, meta.block_tables, meta.context_lens, scale)
+    if backend == "native":
+        return torch.ops.effreason.paged_attention_decode(query, k_cache, v_cache, meta.block_tables,
+                                                          meta.context_lens, scale)
+    out = _flash_attn().flash_attn_with_kvcache(
+        query[:, None], k_cache.transpose(1, 2), v_cache.transpose(1, 2), cache_seqlens=meta.context_lens,
+        block_table=meta.block_tables, softmax_scale=scale, causal=True)
+    return out[:, 0]

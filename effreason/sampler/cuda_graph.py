@@ -1,0 +1,93 @@
+"""CUDA-graph capture of the decode step for bucketed batch sizes (CUDA kernels only).
+
+A graph replays the whole forward of one decode step (all layers, one launch) on static input
+buffers. Batches are padded up to the next bucket; padded rows read one token of block 0 and write
+their K/V into the cache's scratch block (the last one), so they never touch a live sequence.
+Graphs hold the parameters' (and RoPE tables') addresses: they are recaptured when one is replaced
+(in-place optimizer updates keep the addresses and are seen by the next replay).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from effreason.sampler import attention
+
+
+def _buckets(max_num_seqs: int) -> list[int]:
+    sizes = [1, 2, 4, 8] + list(range(16, max_num_seqs + 16, 16))
+    return sorted({min(size, max_num_seqs) for size in sizes})
+
+
+class DecodeGraphs:
+    """Captured decode steps; ``run`` pads a batch to its bucket and replays that graph."""
+
+    def __init__(self, model, kv_cache: torch.Tensor, block_size: int, max_num_seqs: int, backend: str):
+        self.model = model
+        self.kv_cache = kv_cache
+        self.block_size = block_size
+        self.backend = backend
+        self.buckets = _buckets(max_num_seqs)
+        self.scratch_block = kv_cache.shape[2] - 1
+        self.max_blocks = -(-model.max_model_len // block_size)
+        device = kv_cache.device
+        size = self.buckets[-1]
+        self.input_ids = torch.zeros(size, dtype=torch.long, device=device)
+        self.positions = torch.zeros(size, dtype=torch.long, device=device)
+        self.slots = torch.zeros(size, dtype=torch.long, device=device)
+        self.tables = torch.zeros(size, self.max_blocks, dtype=torch.int32, device=device)
+        self.context_lens = torch.ones(size, dtype=torch.int32, device=device)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = None
+        self.weights_key = None
+
+    def fits(self, batch_size: int, width: int) -> bool:
+        return batch_size <= self.buckets[-1] and width <= self.max_blocks
+
+    def _weights_key(self) -> tuple[int, ...]:
+        rope = tuple(t.data_ptr() for t in self.model.rope_tables(1))
+        return rope + tuple(p.data_ptr() for p in self.model.hf_model.parameters())
+
+    def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        model = self.model
+
+        def run() -> torch.Tensor:
+            meta = attention.AttentionMetadata(
+                is_prefill=False, block_tables=self.tables[:size], context_lens=self.context_lens[:size],
+                write_index=attention.write_index(self.slots[:size], model.num_kv_heads, self.block_size))
+            return model.forward(self.input_ids[:size], self.positions[:size], self.kv_cache, meta, self.backend)
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            run()  # warm-up: compiles kernels outside the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            hidden = run()
+        self.pool = graph.pool()
+        return graph, hidden
+
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, hidden) of one decode step, replayed from the bucket's graph."""
+        key = self._weights_key()
+        if key != self.weights_key:
+            self.graphs, self.pool, self.weights_key = {}, None, key
+        batch = input_ids.shape[0]
+        size = next(b for b in self.buckets if b >= batch)
+        self.input_ids.zero_()
+        self.positions.zero_()
+        self.tables.zero_()
+        self.slots.fill_(self.scratch_block * self.block_size)
+        self.input_ids[:batch] = input_ids
+        self.positions[:batch] = positions
+        self.tables[:batch, :tables.shape[1]] = tables
+        block = tables.long().gather(1, (positions // self.block_size)[:, None])[:, 0]
+        self.slots[:batch] = block * self.block_size + positions % self.block_size
+        self.context_lens.fill_(1)
+        self.context_lens[:batch] = (positions + 1).to(torch.int32)
+        if size not in self.graphs:
+            self.graphs[size] = self._capture(size)
+        graph, hidden = self.graphs[size]
+        graph.replay()
+        return hidden[:batch]

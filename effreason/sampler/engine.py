@@ -1,0 +1,316 @@
+"""``Sampler``: k completions per prompt from a Hugging Face Qwen2 / Llama model with a paged KV cache.
+
+    sampler = Sampler(model)                       # the trainer's own model, no weight copy
+    results = sampler.generate(prompt_ids, SamplingParams(n=8, temperature=1.0, max_tokens=1024,
+                                                          stop_token_ids=(eos,), seed=step))
+    results[i][j].token_ids, .logprobs, .trainer_logprobs, .finish_reason
+
+Each step is a prefill (new or preempted sequences) or a one-token decode of every running
+sequence (continuous batching, ``scheduler.py``). A prompt is prefilled once and forked into its
+``n`` samples, which share its KV blocks (``block_manager.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from effreason.sampler import attention
+from effreason.sampler.block_manager import BlockManager
+from effreason.sampler.cuda_graph import DecodeGraphs
+from effreason.sampler.model import PagedModel
+from effreason.sampler.params import SamplingParams
+from effreason.sampler.sampling import sample, stream_keys
+from effreason.sampler.scheduler import ScheduledBatch, Scheduler
+from effreason.sampler.sequence import Completion, Sequence
+
+CPU_DEFAULT_KV_TOKENS = 65536
+
+
+def _check_positive(name: str, value, *, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class Sampler:
+    """Paged-KV sampler over ``model``'s own parameters (an optimizer step is seen by the next call).
+
+    * ``block_size``: tokens per KV block (a power of two).
+    * ``max_num_seqs``: most sequences decoded together.
+    * ``max_num_batched_tokens``: most prompt tokens in one prefill step (default 8192).
+    * ``kv_cache_tokens``: KV-cache capacity in tokens; default: on CUDA ``kv_cache_memory_fraction``
+      of the free GPU memory at the first ``generate``, on CPU 65536 tokens. Allocated once and
+      reused by every ``generate`` while the model's device and dtype stay the same.
+    * ``cuda_graphs``: capture the CUDA decode step for bucketed batch sizes (CUDA kernels only).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, block_size: int = 16, max_num_seqs: int = 256,
+                 max_num_batched_tokens: int = 8192, kv_cache_tokens: int | None = None,
+                 kv_cache_memory_fraction: float = 0.3, cuda_graphs: bool = True):
+        _check_positive("block_size", block_size)
+        if block_size & (block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {block_size}")
+        _check_positive("max_num_seqs", max_num_seqs)
+        _check_positive("max_num_batched_tokens", max_num_batched_tokens)
+        _check_positive("kv_cache_tokens", kv_cache_tokens, allow_none=True)
+        if not 0.0 < kv_cache_memory_fraction <= 1.0:
+            raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {kv_cache_memory_fraction!r}")
+        self.model = PagedModel(model)
+        self.block_size = block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.kv_cache_tokens = kv_cache_tokens
+        self.kv_cache_memory_fraction = kv_cache_memory_fraction
+        self.use_cuda_graphs = cuda_graphs
+        self.kv_cache: torch.Tensor | None = None
+        self.num_blocks = 0
+        self.backend = "torch"
+        self.graphs: DecodeGraphs | None = None
+        self.last_stats: dict = {}
+
+    # ----------------------------------------------------------------- KV cache
+    def _bytes_per_token(self) -> int:
+        model = self.model
+        element = torch.empty(0, dtype=model.dtype).element_size()
+        return 2 * model.num_layers * model.num_kv_heads * model.head_dim * element
+
+    def _capacity_tokens(self) -> int:
+        if self.kv_cache_tokens is not None:
+            return self.kv_cache_tokens
+        if self.model.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.model.device)
+            return int(free * self.kv_cache_memory_fraction) // self._bytes_per_token()
+        return CPU_DEFAULT_KV_TOKENS
+
+    def _ensure_kv_cache(self) -> None:
+        """Allocate the cache (layers, 2, num_blocks + 1, Hkv, block_size, D) unless it still fits the model.
+
+        The extra last block is scratch: padded CUDA-graph rows write there.
+        """
+        model = self.model
+        cache = self.kv_cache
+        if cache is not None and cache.device == model.device and cache.dtype == model.dtype:
+            return
+        self.kv_cache = None
+        num_blocks = max(1, self._capacity_tokens() // self.block_size)
+        shape = (model.num_layers, 2, num_blocks + 1, model.num_kv_heads, self.block_size, model.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=model.dtype, device=model.device)
+        self.num_blocks = num_blocks
+        self.backend = attention.choose_decode_backend(model.device, self.block_size)
+        graphs_ok = self.use_cuda_graphs and model.device.type == "cuda" and self.backend != "torch"
+        self.graphs = DecodeGraphs(self.model, self.kv_cache, self.block_size, self.max_num_seqs,
+                                   self.backend) if graphs_ok else None
+
+    # ----------------------------------------------------------------- generate
+    def _check_prompts(self, prompts) -> None:
+        if not isinstance(prompts, (list, tuple)):
+            raise ValueError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}")
+        vocab = self.model.hf_model.config.vocab_size
+        capacity = self.num_blocks * self.block_size
+        for index, prompt in enumerate(prompts):
+            if not isinstance(prompt, (list, tuple)) or not prompt:
+                raise ValueError(f"prompts[{index}] must be a non-empty list of token ids")
+            if not all(isinstance(t, int) and 0 <= t < vocab for t in prompt):
+                raise ValueError(f"prompts[{index}] must hold ints in [0, {vocab})")
+            if len(prompt) >= self.model.max_model_len:
+                raise ValueError(f"prompts[{index}] has {len(prompt)} tokens: no room left in the model's "
+                                 f"context of {self.model.max_model_len}")
+            if len(prompt) > capacity:
+                raise ValueError(f"prompts[{index}] has {len(prompt)} tokens, more than the whole KV cache "
+                                 f"({capacity} tokens); pass a larger kv_cache_tokens")
+
+    def _make_sequences(self, prompts, params: SamplingParams) -> list[Sequence]:
+        seqs, chunk = [], self.max_num_seqs
+        for index, prompt in enumerate(prompts):
+            for first in range(0, params.n, chunk):
+                samples = list(range(first, min(params.n, first + chunk)))
+                seqs.append(Sequence(len(seqs), index, list(prompt), samples))
+        return seqs
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams, *,
+                 progress: bool = False) -> list[list[Completion]]:
+        """``params.n`` completions of every prompt: ``result[i][j]`` is sample ``j`` of ``prompts[i]``.
+
+        Token ``t`` of a completion is drawn from ``softmax(logits_t / T)`` truncated to top-k / top-p
+        (``sampling.sample``), with the Gumbel noise of stream ``(seed, i, j)``; ``Completion``
+        documents both returned log-probs.
+        """
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
+        self._ensure_kv_cache()
+        self._check_prompts(prompts)
+        if not prompts:
+            return []
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        prompt_index = torch.arange(len(prompts))[:, None].expand(-1, params.n)
+        sample_index = torch.arange(params.n)[None, :].expand(len(prompts), -1)
+        keys = stream_keys(seed, prompt_index, sample_index).tolist()  # keys[i][j]
+        longest = max(len(p) for p in prompts) + params.max_tokens
+        self.model.rope_tables(min(longest, self.model.max_model_len))
+        run = _Run(self, params, keys, progress, len(prompts) * params.n)
+        for seq in self._make_sequences(prompts, params):
+            run.register(seq)
+            run.scheduler.add(seq)
+        run.loop()
+        return run.results
+
+    def kv_bytes(self, num_blocks: int) -> int:
+        """Bytes of ``num_blocks`` KV blocks over all layers."""
+        return num_blocks * self.block_size * self._bytes_per_token()
+
+
+class _Run:
+    """State of one ``generate`` call: scheduler, sequences, step execution and bookkeeping."""
+
+    def __init__(self, sampler: Sampler, params: SamplingParams, keys: list[list[int]], progress: bool,
+                 total: int):
+        self.sampler = sampler
+        self.model = sampler.model
+        self.params = params
+        self.keys = keys
+        self.stop_ids = frozenset(params.stop_token_ids)
+        self.block_manager = BlockManager(sampler.num_blocks, sampler.block_size)
+        self.scheduler = Scheduler(self.block_manager, sampler.max_num_seqs, sampler.max_num_batched_tokens)
+        self.results: list[list[Completion | None]] = [[None] * params.n for _ in keys]
+        self.owners: list[Sequence] = []
+        self.next_id = 0
+        self.peak_blocks = 0
+        self.device = sampler.model.device
+        self.bar = self._progress_bar(total) if progress else None
+
+    @staticmethod
+    def _progress_bar(total: int):
+        from tqdm.auto import tqdm
+        return tqdm(total=total, desc="sampling", unit="completion")
+
+    def register(self, seq: Sequence) -> None:
+        self.next_id = max(self.next_id, seq.seq_id + 1)
+        if seq.fanout == 1:
+            self.owners.append(seq)
+
+    def loop(self) -> None:
+        scheduler = self.scheduler
+        while scheduler.has_work():
+            batch = scheduler.schedule()
+            self.peak_blocks = max(self.peak_blocks, self.block_manager.num_blocks - self.block_manager.num_free)
+            if batch.seqs:
+                self._step(batch)
+            scheduler.drop_finished()
+        for seq in self.owners:
+            self.results[seq.prompt_index][seq.sample_indices[0]] = seq.completion()
+        if self.bar is not None:
+            self.bar.close()
+        self.sampler.last_stats = {"peak_blocks": self.peak_blocks, "preemptions": scheduler.num_preemptions}
+
+    # ----------------------------------------------------------------- one step
+    def _step(self, batch: ScheduledBatch) -> None:
+        if batch.copies:
+            self._copy_blocks(batch.copies)
+        if batch.is_prefill:
+            logits, rows = self._prefill(batch.seqs)
+        else:
+            logits, rows = self._decode(batch.seqs), [(seq, seq.sample_indices[0]) for seq in batch.seqs]
+        keys = torch.tensor([self.keys[seq.prompt_index][j] for seq, j in rows], device=self.device)
+        steps = torch.tensor([seq.num_completion_tokens for seq, _ in rows], device=self.device)
+        tokens, logprobs, trainer = sample(logits, self.params, keys, steps)
+        drawn = torch.stack((tokens.double(), logprobs.double(), trainer.double())).cpu().tolist()
+        if batch.is_prefill:
+            self._fork_prefilled(batch.seqs, drawn)
+        else:
+            self._append(batch.seqs, drawn)
+
+    def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy on write: KV data of each source block into its destination, all layers."""
+        cache = self.sampler.kv_cache
+        source = torch.tensor([s for s, _ in copies], device=self.device)
+        destination = torch.tensor([d for _, d in copies], device=self.device)
+        cache.index_copy_(2, destination, cache.index_select(2, source))
+
+    def _slots(self, table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Cache slot ``block * block_size + row`` of each position, given its block-table rows."""
+        block_size = self.sampler.block_size
+        return table.gather(-1, (positions // block_size)[..., None])[..., 0] * block_size + positions % block_size
+
+    def _prefill(self, seqs: list[Sequence]) -> tuple[torch.Tensor, list[tuple[Sequence, int]]]:
+        device, model = self.device, self.model
+        lengths = [seq.num_tokens for seq in seqs]
+        input_ids = torch.tensor([t for seq in seqs for t in seq.token_ids], device=device)
+        positions = torch.cat([torch.arange(n, device=device) for n in lengths])
+        tables = [torch.tensor(seq.block_table, device=device).expand(n, -1) for seq, n in zip(seqs, lengths)]
+        slots = torch.cat([self._slots(t, torch.arange(n, device=device)) for t, n in zip(tables, lengths)])
+        ends = torch.tensor(lengths).cumsum(0)
+        bounds = list(zip((ends - torch.tensor(lengths)).tolist(), ends.tolist()))
+        meta = attention.AttentionMetadata(
+            is_prefill=True, write_index=attention.write_index(slots, model.num_kv_heads, self.sampler.block_size),
+            seq_bounds=bounds, cu_seqlens=torch.cat([ends.new_zeros(1), ends]).to(device, torch.int32),
+            max_seqlen=max(lengths))
+        hidden = model.forward(input_ids, positions, self.sampler.kv_cache, meta, self.sampler.backend)
+        rows = [(seq, j) for seq in seqs for j in seq.sample_indices]
+        last = torch.tensor([end - 1 for (_, end), seq in zip(bounds, seqs) for _ in seq.sample_indices], device=device)
+        return model.logits(hidden.index_select(0, last)), rows
+
+    def _decode_inputs(self, seqs: list[Sequence]):
+        device = self.device
+        width = max(len(seq.block_table) for seq in seqs)
+        tables = torch.tensor([seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs],
+                              dtype=torch.int32, device=device)  # (B, MB)
+        input_ids = torch.tensor([seq.token_ids[-1] for seq in seqs], device=device)
+        positions = torch.tensor([seq.num_tokens - 1 for seq in seqs], device=device)
+        return input_ids, positions, tables
+
+    def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        input_ids, positions, tables = self._decode_inputs(seqs)
+        graphs = self.sampler.graphs
+        if graphs is not None and graphs.fits(len(seqs), tables.shape[1]):
+            return self.model.logits(graphs.run(input_ids, positions, tables))
+        model, block_size = self.model, self.sampler.block_size
+        slots = self._slots(tables.long(), positions)
+        context_lens = (positions + 1).to(torch.int32)
+        meta = attention.AttentionMetadata(
+            is_prefill=False, write_index=attention.write_index(slots, model.num_kv_heads, block_size),
+            block_tables=tables, context_lens=context_lens)
+        if self.sampler.backend == "torch":
+            meta.gather_index = attention.gather_index(tables, model.num_kv_heads)
+            meta.padding_mask = attention.padding_mask(context_lens, model.num_kv_heads, tables.shape[1] * block_size)
+        hidden = model.forward(input_ids, positions, self.sampler.kv_cache, meta, self.sampler.backend)
+        return model.logits(hidden)
+
+    # ----------------------------------------------------------------- bookkeeping
+    def _fork_prefilled(self, seqs: list[Sequence], drawn: list[list[float]]) -> None:
+        """Give each prefilled sequence its sampled token; a fresh prompt becomes its n children."""
+        row, ready = 0, []
+        for seq in seqs:
+            if seq.fanout == 1:
+                children = [seq]
+            else:
+                children = [seq.fork(self.next_id + j, j) for j in range(seq.fanout)]
+                self.next_id += seq.fanout
+                for child in children:
+                    self.block_manager.share(child)
+                    self.owners.append(child)
+                self.block_manager.free(seq)
+            for child in children:
+                self._take(child, drawn, row)
+                row += 1
+            ready.extend(children)
+        self.scheduler.start_running(ready)
+
+    def _append(self, seqs: list[Sequence], drawn: list[list[float]]) -> None:
+        for row, seq in enumerate(seqs):
+            self._take(seq, drawn, row)
+
+    def _take(self, seq: Sequence, drawn: list[list[float]], row: int) -> None:
+        token = int(drawn[0][row])
+        seq.append(token, drawn[1][row], drawn[2][row])
+        if token in self.stop_ids:
+            self._finish(seq, "stop")
+        elif seq.num_completion_tokens >= self.params.max_tokens or seq.num_tokens >= self.model.max_model_len:
+            self._finish(seq, "length")
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.finish(seq, reason)
+        if self.bar is not None:
+            self.bar.update(1)

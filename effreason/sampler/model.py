@@ -1,0 +1,117 @@
+"""Paged forward pass of a Hugging Face Qwen2 / Llama causal LM, on the model's own parameters.
+
+Same math as ``transformers``' ``Qwen2ForCausalLM`` / ``LlamaForCausalLM`` (RMSNorm, RoPE with the
+config's scaling, grouped-query attention, SwiGLU MLP, optional q/k/v/o and MLP biases, tied or
+untied embeddings), but over packed tokens with the KV cache of ``attention.py``. Weights are read
+from the HF modules at every call (no copy), so an optimizer step is seen by the next forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from effreason.sampler import attention
+from effreason.sampler.attention import AttentionMetadata
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
+
+
+def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def _rms_norm(x: torch.Tensor, norm: torch.nn.Module, eps: float) -> torch.Tensor:
+    """``weight * (x / sqrt(mean(x^2) + eps))`` computed in float32 (Zhang & Sennrich 2019; HF order)."""
+    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+    return norm.weight * normed
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE, half-split convention (Su et al. 2021; HF ``rotate_half``): x (N, heads, D), cos/sin (N, 1, D)."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+
+class PagedModel:
+    """Wraps an HF causal LM; ``forward`` runs it over packed tokens with a paged KV cache."""
+
+    def __init__(self, hf_model: torch.nn.Module):
+        config = getattr(hf_model, "config", None)
+        if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model must be a Hugging Face causal LM of type {SUPPORTED_MODEL_TYPES}, "
+                             f"got {getattr(config, 'model_type', type(hf_model).__name__)!r}")
+        self.hf_model = hf_model
+        self.decoder = hf_model.model
+        self.num_layers = config.num_hidden_layers
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads or config.num_attention_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.eps = config.rms_norm_eps
+        self.max_model_len = config.max_position_embeddings
+        self.scale = self.head_dim ** -0.5
+        self._rope_key = None
+        self._rope_tables = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.embed_tokens.weight.dtype
+
+    def rope_tables(self, num_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of positions ``0 .. P-1`` (P >= num_positions), each (P, D), from the model's rotary module.
+
+        The module applies the config's rope scaling (linear, NTK, YaRN, llama3, ...) and its
+        attention scaling, so every rope type HF supports comes out as HF computes it (dynamic
+        NTK is evaluated once for the table length). Cached; regrown by doubling when needed.
+        """
+        key = (self.device, self.dtype)
+        if self._rope_key != key or self._rope_tables[0].shape[0] < num_positions:
+            length = min(self.max_model_len, max(1024, 1 << (num_positions - 1).bit_length()))
+            positions = torch.arange(length, device=self.device)[None]  # (1, P)
+            probe = torch.empty(0, device=self.device, dtype=self.dtype)
+            cos, sin = self.decoder.rotary_emb(probe, positions)
+            self._rope_tables = (cos[0].contiguous(), sin[0].contiguous())
+            self._rope_key = key
+        return self._rope_tables
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
+                meta: AttentionMetadata, backend: str) -> torch.Tensor:
+        """Final hidden states (N, hidden) of packed tokens ``input_ids`` (N,) at ``positions`` (N,).
+
+        Call ``rope_tables`` with the largest position + 1 first.
+
+        ``kv_cache`` (layers, 2, num_blocks, Hkv, block_size, D) receives every token's K and V.
+        """
+        cos_table, sin_table = self._rope_tables
+        cos = cos_table.index_select(0, positions)[:, None]  # (N, 1, D)
+        sin = sin_table.index_select(0, positions)[:, None]
+        hidden = F.embedding(input_ids, self.decoder.embed_tokens.weight)  # (N, hidden)
+        for index, layer in enumerate(self.decoder.layers):
+            hidden = self._layer(layer, hidden, cos, sin, kv_cache[index], meta, backend)
+        return _rms_norm(hidden, self.decoder.norm, self.eps)
+
+    def _layer(self, layer, hidden, cos, sin, layer_cache, meta, backend):
+        num_tokens = hidden.shape[0]
+        attn = layer.self_attn
+        x = _rms_norm(hidden, layer.input_layernorm, self.eps)
+        query = _rotate(_linear(x, attn.q_proj).view(num_tokens, self.num_heads, self.head_dim), cos, sin)
+        key = _rotate(_linear(x, attn.k_proj).view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)
+        value = _linear(x, attn.v_proj).view(num_tokens, self.num_kv_heads, self.head_dim)
+        k_cache, v_cache = layer_cache[0], layer_cache[1]
+        attention.write_kv(k_cache, v_cache, key, value, meta.write_index)
+        if meta.is_prefill:
+            attended = attention.prefill_attention(query, key, value, meta, self.scale)
+        else:
+            attended = attention.decode_attention(backend, query, k_cache, v_cache, meta, self.scale)
+        hidden = hidden + _linear(attended.reshape(num_tokens, -1), attn.o_proj)
+        x = _rms_norm(hidden, layer.post_attention_layernorm, self.eps)
+        mlp = layer.mlp
+        return hidden + _linear(mlp.act_fn(_linear(x, mlp.gate_proj)) * _linear(x, mlp.up_proj), mlp.down_proj)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 next-token logits (N, vocab) of final hidden states (N, hidden)."""
+        return _linear(hidden, self.hf_model.lm_head).float()

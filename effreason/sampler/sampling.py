@@ -1,0 +1,97 @@
+"""Token sampling without host syncs: temperature, top-k, top-p and the Gumbel-max trick.
+
+Noise comes from a counter-based generator (the SplitMix64 finaliser, Steele et al. 2014) keyed by
+``(stream key, step, vocabulary index)``: completion ``j`` of prompt ``i`` gets the same numbers
+whatever batch it lands in, so a seeded run is reproducible under any batching or preemption.
+
+Drawing ``argmax(log q + G)`` with i.i.d. standard Gumbel ``G = -log(-log U)`` samples exactly from
+``q`` (Gumbel 1954; Maddison et al. 2014), with no sort or multinomial and no sync.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from effreason.sampler.params import SamplingParams
+
+
+def _signed(value: int) -> int:
+    """A 64-bit constant as the int64 torch stores (two's complement)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MIX_1 = _signed(0xBF58476D1CE4E5B9)
+_MIX_2 = _signed(0x94D049BB133111EB)
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic on signed integers)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 finaliser on int64 (wrapping multiplication): a bijective 64-bit hash."""
+    x = x ^ _shift_right(x, 30)
+    x = x * _MIX_1
+    x = x ^ _shift_right(x, 27)
+    x = x * _MIX_2
+    return x ^ _shift_right(x, 31)
+
+
+def stream_keys(seed: int, prompt_indices: torch.Tensor, sample_indices: torch.Tensor) -> torch.Tensor:
+    """int64 key of each (prompt, sample) stream: ``mix64(mix64(seed + G*prompt) + G*sample)``."""
+    base = mix64(prompt_indices.long() * _GOLDEN + seed)
+    return mix64(base + sample_indices.long() * _GOLDEN)
+
+
+def uniform_noise(keys: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Uniforms in (0, 1), float32 (B, V): ``(top 24 bits of mix64(row + G*v) + 0.5) / 2^24``.
+
+    ``row = mix64(key * G + step)`` per sequence, ``keys`` and ``steps`` (B,) int64.
+    """
+    rows = mix64(keys * _GOLDEN + steps)  # (B,)
+    columns = torch.arange(vocab_size, device=keys.device, dtype=torch.int64) * _GOLDEN
+    bits = mix64(rows[:, None] + columns[None, :])  # (B, V)
+    return (_shift_right(bits, 40).float() + 0.5) * (1.0 / (1 << 24))
+
+
+def truncate_logits(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set logits outside the top-k, then outside the top-p nucleus, to -inf: (B, V) -> (B, V).
+
+    Top-k keeps logits >= the k-th largest (ties kept). Top-p (Holtzman et al. 2020) keeps, in
+    descending order, every token whose preceding probability mass is < ``top_p``: the smallest
+    prefix whose mass reaches ``top_p``. Order as in vLLM: temperature, top-k, top-p.
+    """
+    if 0 < top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if top_p < 1.0:
+        ordered, order = scaled.sort(dim=-1, descending=True)
+        probs = ordered.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # (B, V)
+        drop = torch.zeros_like(scaled, dtype=torch.bool).scatter_(1, order, mass_before >= top_p)
+        scaled = scaled.masked_fill(drop, float("-inf"))
+    return scaled
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor,
+           steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw one token per row of float32 ``logits`` (B, V).
+
+    Returns ``tokens`` (B,) int64, ``logprobs`` (B,) = ``log q(token)`` with ``q`` the truncated,
+    renormalised ``softmax(logits / T)`` it was drawn from (0 for greedy, a point mass), and
+    ``trainer_logprobs`` (B,) = ``log_softmax(logits / T)[token]`` untruncated (T = 1 for greedy).
+    """
+    if params.greedy:
+        tokens = logits.argmax(dim=-1)
+        full = torch.log_softmax(logits, dim=-1)
+        return tokens, torch.zeros_like(full[:, 0]), full.gather(1, tokens[:, None])[:, 0]
+    scaled = logits / params.temperature
+    full = torch.log_softmax(scaled, dim=-1)
+    truncated = params.top_k > 0 or params.top_p < 1.0
+    drawn_from = torch.log_softmax(truncate_logits(scaled, params.top_k, params.top_p), dim=-1) if truncated else full
+    gumbel = -torch.log(-torch.log(uniform_noise(keys, steps, logits.shape[-1])))
+    tokens = (drawn_from + gumbel).argmax(dim=-1)
+    picked = tokens[:, None]
+    return tokens, drawn_from.gather(1, picked)[:, 0], full.gather(1, picked)[:, 0]

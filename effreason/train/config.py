@@ -1,0 +1,254 @@
+"""``TrainConfig``: every setting of ``python -m effreason.train``, validated on construction.
+
+The command-line flags are generated from the fields (``--group-size`` for ``group_size``,
+help text from the field metadata), so the dataclass and the CLI never drift apart. A
+``--preset`` (``paper-1.5b``, ``paper-7b``: the paper's hyperparameters, ``../shared/PAPER.md``)
+replaces the miniature defaults before the explicitly given flags are applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from effreason.advantages import ADVANTAGE_ESTIMATORS
+from effreason.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS
+
+REWARDS = ("paper", "kimi", "dapo-overlong", "l1-exact", "l1-max")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _option(default, help_text: str, *, choices=None, flag: bool = True):
+    """A dataclass field carrying its CLI help text and choices."""
+    return field(default=default, metadata={"help": help_text, "choices": choices, "flag": flag})
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are the built-in miniature (toy task, shipped warm start, CPU)."""
+
+    preset: str | None = _option(None, "start from a named preset (paper-1.5b, paper-7b) before applying other flags", choices=None)
+    model: str | None = _option(None, "HF checkpoint folder (Qwen2/Llama); default: the built-in warm start")
+    data: str | None = _option(None, "training problems, .jsonl or .parquet with question/answer; default: the toy task")
+    eval_data: str | None = _option(None, "held-out problems for the before/after evaluation; default: toy test split, or the last --eval-problems rows of --data")
+    answer_kind: str = _option("auto", "how answers are extracted from responses for --data grading", choices=("auto", "boxed", "gsm8k", "number"))
+    out: str | None = _option(None, "run folder; default runs/train-<timestamp>")
+    resume: str | None = _option(None, "resume the run in this folder from its last checkpoint (its saved config is used)")
+    seed: int = _option(0, "seed of data order, sampling and initialisation; fixed seed + CPU = deterministic")
+
+    alpha: float = _option(0.2, "length penalty strength of the paper's reward, in [0, 1]")
+    reward: str = _option("paper", "sequence reward", choices=REWARDS)
+    advantage: str = _option("rloo", "advantage estimator", choices=tuple(ADVANTAGE_ESTIMATORS))
+    target_token_ratio: float | None = _option(None, "adjust alpha online so the mean response length approaches this fraction of the warm start's (e.g. 0.6)")
+    length_budget: int | None = _option(None, "token budget of l1-exact/l1-max (n_gold) and dapo-overlong (L_max); default --max-new-tokens")
+
+    group_size: int = _option(8, "samples per prompt (k)")
+    prompts_per_step: int = _option(16, "prompts per rollout step (all ranks together)")
+    mini_batches: int = _option(1, "optimizer steps per rollout step (the rollout is split into this many mini-batches)")
+    steps: int = _option(30, "rollout steps")
+    lr: float = _option(3e-4, "peak learning rate (AdamW)")
+    warmup_ratio: float = _option(0.03, "fraction of optimizer steps with linear warmup, then constant")
+    adam_beta1: float = _option(0.9, "AdamW beta1")
+    adam_beta2: float = _option(0.95, "AdamW beta2")
+    weight_decay: float = _option(0.0, "AdamW weight decay")
+    grad_clip: float = _option(1.0, "max global gradient norm (0 = off)")
+
+    max_new_tokens: int = _option(256, "max response tokens during training rollouts")
+    max_prompt_tokens: int = _option(512, "prompts longer than this are an error")
+    temperature: float = _option(1.0, "sampling temperature of rollouts (the loss uses the same temperature)")
+    top_p: float = _option(1.0, "nucleus sampling of rollouts")
+    clip_eps_low: float = _option(0.2, "PPO clip range below 1")
+    clip_eps_high: float = _option(0.2, "PPO clip range above 1")
+    loss_agg: str = _option("seq-mean-token-mean", "loss aggregation (the paper's: seq-mean-token-mean)", choices=LOSS_AGGREGATIONS)
+    kl_coef: float = _option(0.0, "KL coefficient to a frozen reference copy (made only when > 0)")
+    kl_estimator: str = _option("k3", "KL estimator", choices=KL_ESTIMATORS)
+    kl_in_reward: bool = _option(False, "subtract the KL from the per-token reward (the paper's) instead of adding it to the loss")
+    tis_cap: float = _option(0.0, "truncated importance-sampling correction for sampler/trainer mismatch: cap C of the per-sequence weight (0 = off)")
+    micro_batch_tokens: int = _option(8192, "token budget of one packed micro-batch (padded tokens)")
+
+    eval_problems: int = _option(504, "held-out problems of the before/after evaluation (0 = skip)")
+    eval_max_new_tokens: int = _option(320, "max response tokens during evaluation")
+    eval_temperature: float = _option(0.0, "evaluation temperature (0 = greedy)")
+    eval_batch_size: int = _option(128, "prompts per evaluation batch")
+    checkpoint_every: int = _option(10, "save a checkpoint every N rollout steps (and at the end)")
+    max_bad_steps: int = _option(3, "consecutive non-finite losses before the run aborts")
+    device: str = _option("auto", "device", choices=DEVICES)
+    dtype: str = _option("auto", "parameter dtype (auto: bfloat16 on CUDA, float32 on CPU)", choices=DTYPES)
+    quiet: bool = _option(False, "logs only, no progress bar")
+
+    def __post_init__(self):
+        _require_in_unit("alpha", self.alpha)
+        for name in ("group_size", "prompts_per_step", "mini_batches", "steps", "max_new_tokens", "max_prompt_tokens",
+                     "micro_batch_tokens", "eval_max_new_tokens", "eval_batch_size", "checkpoint_every", "max_bad_steps"):
+            _require_int(name, getattr(self, name), minimum=1)
+        _require_int("eval_problems", self.eval_problems, minimum=0)
+        _require_int("seed", self.seed, minimum=0)
+        if self.advantage in ("rloo", "grpo") and self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 for the {self.advantage} advantage, got {self.group_size}")
+        if self.prompts_per_step % self.mini_batches:
+            raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be divisible by mini_batches ({self.mini_batches})")
+        for name in ("lr", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        _require_in_unit("warmup_ratio", self.warmup_ratio)
+        _require_in_unit("adam_beta1", self.adam_beta1)
+        _require_in_unit("adam_beta2", self.adam_beta2)
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.clip_eps_low < 1 or self.clip_eps_high < 0:
+            raise ValueError(f"clip_eps_low must be in [0, 1) and clip_eps_high >= 0, got {self.clip_eps_low}, {self.clip_eps_high}")
+        for name in ("weight_decay", "grad_clip", "kl_coef", "tis_cap", "eval_temperature"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.tis_cap and self.tis_cap < 1:
+            raise ValueError(f"tis_cap must be 0 (off) or >= 1, got {self.tis_cap}")
+        if self.target_token_ratio is not None and not 0 < self.target_token_ratio <= 2:
+            raise ValueError(f"target_token_ratio must be in (0, 2], got {self.target_token_ratio}")
+        if self.target_token_ratio is not None and self.reward != "paper":
+            raise ValueError("target_token_ratio controls the paper reward's alpha: use it with --reward paper")
+        if self.length_budget is not None:
+            _require_int("length_budget", self.length_budget, minimum=1)
+        for name in ("reward", "advantage", "loss_agg", "kl_estimator", "device", "dtype", "answer_kind"):
+            choices = _field_choices(name)
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {self.preset!r}")
+
+    @property
+    def clip_eps(self) -> tuple[float, float]:
+        return (self.clip_eps_low, self.clip_eps_high)
+
+    @property
+    def budget(self) -> int:
+        """The length budget of the budgeted rewards."""
+        return self.length_budget or self.max_new_tokens
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json_file(cls, path: Path) -> "TrainConfig":
+        with open(path) as handle:
+            return cls(**json.load(handle))
+
+
+def _require_int(name: str, value, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _require_in_unit(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+def _field_choices(name: str) -> tuple:
+    return next(f.metadata["choices"] for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
+_PAPER_COMMON = dict(
+    group_size=8,
+    prompts_per_step=32,
+    mini_batches=2,  # 256 responses per rollout, train batch 128
+    steps=100,
+    warmup_ratio=0.03,
+    adam_beta1=0.9,
+    adam_beta2=0.95,
+    grad_clip=1.0,
+    temperature=1.0,
+    top_p=1.0,
+    max_prompt_tokens=512,
+    max_new_tokens=32000,
+    loss_agg="seq-mean-token-mean",
+    kl_coef=0.001,
+    kl_estimator="k1",
+    kl_in_reward=True,
+    eval_temperature=0.6,
+    eval_max_new_tokens=32768,
+    eval_batch_size=64,
+    micro_batch_tokens=32768,
+    dtype="auto",
+    device="auto",
+)
+
+PRESETS = {
+    "paper-1.5b": dict(_PAPER_COMMON, lr=5e-6),
+    "paper-7b": dict(_PAPER_COMMON, lr=2e-6),
+}
+"""The paper's training setups (Arora & Zanette 2025, scripts of the reference code); alpha stays a flag."""
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _flag_type(config_field: dataclasses.Field):
+    default = config_field.default
+    annotation = str(config_field.type)
+    if isinstance(default, bool):
+        return None
+    if "int" in annotation:
+        return int
+    if "float" in annotation:
+        return float
+    return str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per ``TrainConfig`` field, kebab-case, with the field's help text and choices."""
+    parser = argparse.ArgumentParser(
+        prog="python -m effreason.train",
+        description="Length-penalised RL (Arora & Zanette 2025): train a reasoning model to answer with fewer tokens.",
+        argument_default=argparse.SUPPRESS,
+    )
+    for config_field in dataclasses.fields(TrainConfig):
+        help_text = f"{config_field.metadata['help']} (default: {config_field.default})"
+        if config_field.name == "preset":
+            parser.add_argument(_flag_name("preset"), choices=tuple(PRESETS), help=help_text)
+        elif isinstance(config_field.default, bool):
+            parser.add_argument(_flag_name(config_field.name), action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(
+                _flag_name(config_field.name),
+                type=_flag_type(config_field),
+                choices=config_field.metadata["choices"],
+                help=help_text,
+            )
+    return parser
+
+
+def config_from_args(argv=None) -> TrainConfig:
+    """Parse flags: miniature defaults, then the preset (if any), then the flags given.
+
+    With ``--resume RUN_DIR`` the run's saved ``config.json`` is the base instead, so a resumed
+    run continues with the settings it started with (flags given alongside still override).
+    """
+    given = vars(build_parser().parse_args(argv))
+    return resolve_config(given)
+
+
+def resolve_config(given: dict) -> TrainConfig:
+    """``TrainConfig`` from explicitly given settings (a dict of field name -> value)."""
+    if given.get("resume"):
+        saved = Path(given["resume"]) / "config.json"
+        if not saved.exists():
+            raise ValueError(f"resume: {saved} not found (is {given['resume']} a run folder?)")
+        with open(saved) as handle:
+            base = json.load(handle)
+        base.update(given)
+        base["out"] = given["resume"]
+        return TrainConfig(**base)
+    preset = given.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+    base = dict(PRESETS[preset]) if preset else {}
+    base.update(given)
+    return TrainConfig(**base)

@@ -1,0 +1,132 @@
+"""Data parallelism under ``torchrun``: DDP with gloo on CPU, FSDP2 with NCCL on GPUs.
+
+Each rank samples whole prompt groups (its contiguous share of the step's prompts), so the
+paper's group statistics never cross ranks; gradients are averaged by the wrapper and metrics
+by :meth:`DistributedContext.mean`. Without ``torchrun`` (``WORLD_SIZE`` unset) everything
+here is a no-op on a single process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def local_share(self, items: list) -> list:
+        """This rank's contiguous share of ``items`` (their count divides by the world size)."""
+        if len(items) % self.world_size:
+            raise ValueError(f"the number of prompts per step ({len(items)}) must be divisible by the world size ({self.world_size})")
+        share = len(items) // self.world_size
+        return items[self.rank * share:(self.rank + 1) * share]
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Average of each value over ranks."""
+        if not self.enabled or not values:
+            return values
+        names = sorted(values)
+        tensor = torch.tensor([float(values[name]) for name in names], dtype=torch.float64, device=self._collective_device)
+        dist.all_reduce(tensor)
+        return {name: float(v) / self.world_size for name, v in zip(names, tensor.tolist())}
+
+    def all_finite(self, finite: bool) -> bool:
+        """True only when every rank saw a finite loss and gradient."""
+        if not self.enabled:
+            return finite
+        flag = torch.tensor([0.0 if finite else 1.0], device=self._collective_device)
+        dist.all_reduce(flag)
+        return float(flag) == 0.0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    @property
+    def _collective_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+
+def setup(device: torch.device) -> DistributedContext:
+    """Join the process group when launched by ``torchrun`` (gloo on CPU, NCCL on CUDA)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistributedContext(device=device)
+    if device.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
+
+
+def teardown(context: DistributedContext) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_policy(policy: torch.nn.Module, context: DistributedContext) -> torch.nn.Module:
+    """DDP on CPU; FSDP2 (``fully_shard`` per decoder layer, then the root) on CUDA; as-is alone."""
+    if not context.enabled:
+        return policy
+    if context.device.type != "cuda":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(policy, broadcast_buffers=False)
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in policy.model.model.layers:
+        fully_shard(layer)
+    fully_shard(policy)
+    return policy
+
+
+@contextlib.contextmanager
+def gathered_for_sampling(policy: torch.nn.Module, context: DistributedContext):
+    """Full parameters on every rank while the sampler runs (FSDP2 unshard/reshard; no-op otherwise)."""
+    sharded = [m for m in policy.modules() if hasattr(m, "unshard") and hasattr(m, "reshard")]
+    if not context.enabled or context.device.type != "cuda" or not sharded:
+        yield
+        return
+    for module in sharded:
+        module.unshard()
+    try:
+        yield
+    finally:
+        for module in sharded:
+            module.reshard()
+
+
+def full_model_state(model: torch.nn.Module, context: DistributedContext) -> dict:
+    """The model's full state dict (gathered from FSDP2 shards on CUDA), on CPU."""
+    if context.enabled and context.device.type == "cuda":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer, context: DistributedContext) -> dict:
+    """The optimizer state to checkpoint (full state dict under FSDP2)."""
+    if context.enabled and context.device.type == "cuda":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return optimizer.state_dict()

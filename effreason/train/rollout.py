@@ -1,0 +1,130 @@
+"""Rollouts: k completions per prompt from the live policy, with the log-probs PPO needs.
+
+``RolloutEngine.generate(prompt_ids, params) -> list[list[Completion]]`` wraps the paged-KV
+sampler (``effreason.sampler.Sampler``), which runs on the model's own parameters, so no
+weight sync is needed after an optimizer step. When the sampler package is not importable the
+same interface is served by Hugging Face ``generate()`` (slower; one place to swap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from effreason.sampler.params import SamplingParams
+
+__all__ = ["Completion", "RolloutEngine", "SamplingParams"]
+
+
+@dataclass
+class Completion:
+    """One sampled response.
+
+    ``logprobs``: log-prob of each token under the distribution it was sampled from (after
+    top-p/top-k). ``trainer_logprobs``: ``log_softmax(logits / temperature)[token]``, the
+    policy the loss optimises (PPO's old log-probs). ``finish_reason``: ``"stop"`` or ``"length"``.
+    """
+
+    token_ids: list[int]
+    logprobs: list[float]
+    trainer_logprobs: list[float]
+    finish_reason: str
+
+
+def _paged_sampler_class():
+    try:
+        from effreason.sampler import Sampler
+    except ImportError:
+        return None
+    return Sampler
+
+
+class RolloutEngine:
+    """Generates completions from ``model`` (its live weights) in batches of ``max_batch_prompts`` prompts."""
+
+    def __init__(self, model, *, pad_token_id: int, max_batch_prompts: int = 64, use_sampler: bool = True):
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.max_batch_prompts = max_batch_prompts
+        sampler_class = _paged_sampler_class() if use_sampler else None
+        self.sampler = sampler_class(model) if sampler_class is not None else None
+
+    @property
+    def backend(self) -> str:
+        return "paged-sampler" if self.sampler is not None else "hf-generate"
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        """``params.n`` completions for every prompt, in prompt order."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if self.sampler is not None:
+                return [[_as_completion(c) for c in group] for group in self.sampler.generate(prompt_ids, params)]
+            results = []
+            for start in range(0, len(prompt_ids), self.max_batch_prompts):
+                chunk = prompt_ids[start:start + self.max_batch_prompts]
+                results.extend(_hf_generate(self.model, chunk, params, self.pad_token_id, seed_offset=start))
+            return results
+        finally:
+            self.model.train(was_training)
+
+
+def _as_completion(completion) -> Completion:
+    return Completion(
+        token_ids=list(completion.token_ids),
+        logprobs=[float(x) for x in completion.logprobs],
+        trainer_logprobs=[float(x) for x in completion.trainer_logprobs],
+        finish_reason=completion.finish_reason,
+    )
+
+
+def _left_padded(prompt_ids: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P) input ids left-padded with ``pad_token_id`` and their attention mask."""
+    width = max(len(ids) for ids in prompt_ids)
+    input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for row, ids in enumerate(prompt_ids):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids):] = 1
+    return input_ids.to(device), attention.to(device)
+
+
+def _hf_generate(model, prompt_ids, params: SamplingParams, pad_token_id: int, seed_offset: int) -> list[list[Completion]]:
+    """The sampler's interface over ``model.generate`` (fallback path)."""
+    device = next(model.parameters()).device
+    input_ids, attention = _left_padded(prompt_ids, pad_token_id, device)
+    options = dict(do_sample=not params.greedy, max_new_tokens=params.max_tokens, num_return_sequences=params.n)
+    if not params.greedy:
+        options.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed((params.seed or 0) + seed_offset)
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            eos_token_id=list(params.stop_token_ids) or None,
+            pad_token_id=pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+            output_scores=True,
+            **options,
+        )
+    new_tokens = output.sequences[:, input_ids.shape[1]:]  # (B * n, T)
+    raw = torch.stack(output.logits, dim=1).float()  # (B * n, T, V)
+    processed = torch.stack(output.scores, dim=1).float()
+    temperature = params.temperature if not params.greedy else 1.0
+    trainer = torch.log_softmax(raw / temperature, dim=-1).gather(2, new_tokens.unsqueeze(2)).squeeze(2)
+    sampled = torch.log_softmax(processed, dim=-1).gather(2, new_tokens.unsqueeze(2)).squeeze(2)
+    stops = set(params.stop_token_ids)
+    completions = [_truncate_at_stop(new_tokens[row].tolist(), sampled[row], trainer[row], stops) for row in range(new_tokens.shape[0])]
+    return [completions[i * params.n:(i + 1) * params.n] for i in range(len(prompt_ids))]
+
+
+def _truncate_at_stop(tokens: list[int], sampled: torch.Tensor, trainer: torch.Tensor, stops: set[int]) -> Completion:
+    """Cut after the first stop token (kept); no stop token means the length limit ended it."""
+    end = next((i + 1 for i, token in enumerate(tokens) if token in stops), None)
+    finish = "stop" if end is not None else "length"
+    end = end if end is not None else len(tokens)
+    return Completion(tokens[:end], sampled[:end].tolist(), trainer[:end].tolist(), finish)

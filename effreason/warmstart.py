@@ -1,0 +1,371 @@
+"""The built-in "verbose reasoner": a tiny Qwen2 trained from scratch to over-think the toy task.
+
+The warm start of the miniature RL run: SFT on verbose traces of :mod:`effreason.tasks.toy`
+(the needed steps plus ``Uniform{0..num_ops}`` redundant re-checks), loss on response tokens
+only. A copy ships in ``effreason/assets/warmstart/``; rebuild it (deterministic from the seed)
+with::
+
+    python -m effreason.warmstart                      # ~15 min on 2 CPU cores
+    python -m effreason.warmstart --steps 2 --out /tmp/ws   # smoke run
+
+The run prints a held-out greedy evaluation table (accuracy, mean response tokens and the
+share of those tokens spent on re-checks, per difficulty).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from effreason.tasks.prompting import build_prompt, encode_prompt
+from effreason.tasks.toy import ToyTask
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "warmstart"
+CACHE_DIR = Path.home() / ".cache" / "effreason" / "warmstart"
+
+BOS, EOS, PAD, UNK = "<|bos|>", "<|im_end|>", "<|pad|>", "<|unk|>"
+IM_START = "<|im_start|>"
+SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, IM_START]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Pieces: \boxed{ whole, every digit alone, words, single punctuation marks; each may carry one
+# leading space. Byte-level mapping afterwards makes decode(encode(text)) == text exactly.
+PIECE_PATTERN = r" ?\\boxed\{| ?\d| ?[A-Za-z]+| ?[^\sA-Za-z\d]|\s+"
+RECHECK_PATTERN = re.compile(r" ?Wait, let me verify step \d+: [^.]*\. Yes\.")
+VOCAB_CORPUS_SIZE = 2000
+
+
+@dataclass
+class WarmstartConfig:
+    """Everything that determines the shipped checkpoint."""
+
+    seed: int = 0
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    eval_problems: int = 504
+    eval_batch_size: int = 72
+    max_new_tokens: int = 320
+    min_ops: int = 2
+    max_ops: int = 8
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "hidden_size", "intermediate_size", "num_layers", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("hidden_size must divide by num_heads and num_heads by num_kv_heads")
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def vocabulary_corpus(task: ToyTask) -> list[str]:
+    """Texts that contain every piece the task can produce: prompts, verbose traces, digits."""
+    rng = random.Random(0)
+    problems = task.problems(VOCAB_CORPUS_SIZE, split="train", seed=0)
+    texts = [build_prompt(p.question, tokenizer=None) for p in problems]
+    texts += [task.verbose_trace(p, rng) for p in problems]
+    texts += ["user\nassistant\n", " ".join("0123456789") + "0123456789 +-*=.,:?{}"]
+    return texts
+
+
+def build_tokenizer(task: ToyTask):
+    """A word-level byte-mapped ``PreTrainedTokenizerFast`` over the task's closed vocabulary,
+    with bos/eos/pad/unk and a ChatML-style chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PIECE_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    pieces = {piece for text in vocabulary_corpus(task) for piece, _ in pre_tokenizer.pre_tokenize_str(text)}
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + sorted(pieces))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        additional_special_tokens=[IM_START],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_model(config: WarmstartConfig, tokenizer):
+    """A randomly initialised tiny ``Qwen2ForCausalLM`` (GQA, tied embeddings)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    model_config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(model_config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+# ---------------------------------------------------------------- SFT data
+
+
+def sft_example(problem, response: str, tokenizer) -> tuple[list[int], list[int]]:
+    """(input_ids, labels): prompt + response + EOS, labels -100 on the prompt."""
+    prompt_ids = encode_prompt(problem.question, tokenizer)
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt_ids + response_ids, [-100] * len(prompt_ids) + response_ids
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch: input_ids, attention_mask, labels, each (B, T)."""
+    length = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(examples), length), -100, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)  # (B, T)
+    for row, (ids, targets) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(targets)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def training_batches(task: ToyTask, tokenizer, config: WarmstartConfig):
+    """Endless batches of fresh train-split problems. Each batch holds one difficulty (so little
+    padding); difficulties cycle in a shuffled order per round."""
+    rng = random.Random(config.seed)
+    round_index = 0
+    while True:
+        order = list(task.difficulties)
+        rng.shuffle(order)
+        for difficulty in order:
+            level = ToyTask(difficulty, difficulty)
+            problems = level.problems(config.batch_size, split="train", seed=config.seed * 100003 + round_index)
+            round_index += 1
+            examples = [sft_example(p, task.verbose_trace(p, rng), tokenizer) for p in problems]
+            yield collate(examples, tokenizer.pad_token_id)
+
+
+def learning_rate(step: int, config: WarmstartConfig) -> float:
+    """Linear warmup to ``lr`` then cosine decay to 10% of it."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def train(model, tokenizer, task: ToyTask, config: WarmstartConfig, log=print) -> None:
+    """SFT with AdamW; the mean token cross-entropy over response tokens."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    batches = training_batches(task, tokenizer, config)
+    model.train()
+    started = time.time()
+    for step in range(config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        loss = model(**next(batches)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 50 == 0 or step == config.steps - 1:
+            log(f"step {step:5d}  loss {loss.item():.4f}  lr {learning_rate(step, config):.2e}  {time.time() - started:6.0f}s")
+    model.eval()
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def greedy_responses(model, tokenizer, questions: list[str], *, batch_size: int, max_new_tokens: int) -> list[list[int]]:
+    """Greedy response token ids (EOS kept when emitted, padding dropped) per question, through
+    ``model.generate`` on left-padded batches."""
+    responses = []
+    for begin in range(0, len(questions), batch_size):
+        prompts = [encode_prompt(q, tokenizer) for q in questions[begin : begin + batch_size]]
+        length = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (length - len(p)) + p for p in prompts])  # (B, P)
+        attention_mask = (torch.arange(length)[None, :] >= torch.tensor([length - len(p) for p in prompts])[:, None]).long()
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )  # (B, P + new)
+        for row in output[:, length:].tolist():
+            end = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+            responses.append(row[:end])
+    return responses
+
+
+def recheck_token_count(response_text: str, tokenizer) -> int:
+    """Tokens spent on re-checks: the response's length minus its length with them removed."""
+    without = RECHECK_PATTERN.sub("", response_text)
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    return count(response_text) - count(without)
+
+
+def evaluate(model, tokenizer, task: ToyTask, config: WarmstartConfig) -> dict:
+    """Held-out greedy accuracy, mean response tokens (EOS included) and the re-check token
+    share, overall and per difficulty."""
+    problems = task.problems(config.eval_problems, split="test", seed=config.seed)
+    responses = greedy_responses(
+        model, tokenizer, [p.question for p in problems], batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens
+    )
+    rows = []
+    for problem, ids in zip(problems, responses):
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        ended = bool(ids) and ids[-1] == tokenizer.eos_token_id
+        rows.append(
+            {
+                "difficulty": problem.difficulty,
+                "correct": ended and task.is_correct(text, problem),
+                "tokens": len(ids),
+                "recheck_tokens": recheck_token_count(text, tokenizer),
+                "ended": ended,
+            }
+        )
+    summary = {"overall": summarise(rows)}
+    for difficulty in task.difficulties:
+        summary[str(difficulty)] = summarise([r for r in rows if r["difficulty"] == difficulty])
+    return summary
+
+
+def summarise(rows: list[dict]) -> dict:
+    count = max(1, len(rows))
+    tokens = sum(r["tokens"] for r in rows)
+    return {
+        "problems": len(rows),
+        "accuracy": sum(r["correct"] for r in rows) / count,
+        "mean_tokens": tokens / count,
+        "recheck_share": sum(r["recheck_tokens"] for r in rows) / max(1, tokens),
+        "ended_with_eos": sum(r["ended"] for r in rows) / count,
+    }
+
+
+def format_table(summary: dict) -> str:
+    lines = ["difficulty  problems  accuracy  mean_tokens  recheck_share  eos"]
+    for name, stats in summary.items():
+        lines.append(
+            f"{name:>10}  {stats['problems']:8d}  {100 * stats['accuracy']:7.1f}%  {stats['mean_tokens']:11.1f}"
+            f"  {100 * stats['recheck_share']:12.1f}%  {100 * stats['ended_with_eos']:3.0f}%"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- build / load
+
+
+def build_warmstart(config: WarmstartConfig, out_dir: Path, log=print) -> dict:
+    """Train the warm start from scratch, evaluate it, save model + tokenizer + report to ``out_dir``."""
+    torch.set_num_threads(2)
+    torch.manual_seed(config.seed)
+    task = ToyTask(config.min_ops, config.max_ops)
+    tokenizer = build_tokenizer(task)
+    model = build_model(config, tokenizer)
+    log(f"warm start: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
+    started = time.time()
+    train(model, tokenizer, task, config, log=log)
+    train_seconds = time.time() - started
+    summary = evaluate(model, tokenizer, task, config)
+    log(format_table(summary))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    report = {"config": asdict(config), "train_seconds": train_seconds, "eval": summary}
+    (out_dir / "warmstart_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def warmstart_dir() -> Path:
+    """The shipped checkpoint folder; when it is missing, the cached build under
+    ``~/.cache/effreason/warmstart`` (built now, ~15 min on 2 CPU cores, if absent)."""
+    if (SHIPPED_DIR / "model.safetensors").exists():
+        return SHIPPED_DIR
+    if not (CACHE_DIR / "model.safetensors").exists():
+        print(f"effreason: no shipped warm start; building it into {CACHE_DIR} (about 15 min on a CPU)", file=sys.stderr)
+        build_warmstart(WarmstartConfig(), CACHE_DIR, log=lambda line: print(line, file=sys.stderr))
+    return CACHE_DIR
+
+
+def load_warmstart(path=None, *, device="cpu", dtype=torch.float32):
+    """(model, tokenizer) of the warm start at ``path`` (default :func:`warmstart_dir`), model in
+    eval mode on ``device`` in ``dtype``."""
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
+
+    folder = Path(path) if path is not None else warmstart_dir()
+    if not (folder / "config.json").exists():
+        raise ValueError(f"path has no HF checkpoint (config.json missing): {folder}")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = Qwen2ForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def parse_args(argv=None) -> tuple[WarmstartConfig, Path]:
+    defaults = WarmstartConfig()
+    parser = argparse.ArgumentParser(prog="python -m effreason.warmstart", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=SHIPPED_DIR, help="output folder (default: the shipped copy)")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="SFT optimizer steps")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for data and initialisation")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sequences per step")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
+    parser.add_argument("--eval-problems", type=int, default=defaults.eval_problems, help="held-out problems to evaluate")
+    args = parser.parse_args(argv)
+    config = WarmstartConfig(
+        seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_problems=args.eval_problems,
+        warmup_steps=min(defaults.warmup_steps, args.steps),
+    )
+    return config, args.out
+
+
+def main(argv=None) -> None:
+    config, out_dir = parse_args(argv)
+    build_warmstart(config, out_dir)
+    print(f"saved to {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Paged decode attention in Triton: one program per (sequence, KV head), the group's query heads packed.
+
+    out[s, h] = sum_{t < L_s} softmax_t(scale * q[s, h] . K[T_s[t // bs], g, t % bs]) V[...]
+
+with ``g = h // group`` (grouped-query attention) and ``T_s`` the sequence's block table. The
+program walks the sequence's blocks with an online softmax (Milakov & Gimelshein 2018; as in
+FlashAttention / vLLM's paged attention), so each K/V tile is read once for all ``group`` query
+heads. Cache layout ``(num_blocks, Hkv, block_size, D)`` (see ``effreason.sampler.attention``,
+whose ``paged_decode_attention_reference`` is the oracle). Runs on CUDA, or on the CPU under
+``TRITON_INTERPRET=1`` (tests).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _paged_decode_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, lens_ptr, scale,
+    stride_q_seq, stride_q_head,
+    stride_k_block, stride_k_head, stride_k_row,
+    stride_v_block, stride_v_head, stride_v_row,
+    stride_o_seq, stride_o_head, stride_table,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_t = tl.arange(0, BLOCK_SIZE)
+    qd_mask = (offs_g < GROUP)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    heads = kv_head * GROUP + offs_g
+    q = tl.load(q_ptr + seq * stride_q_seq + heads[:, None] * stride_q_head + offs_d[None, :],
+                mask=qd_mask, other=0.0).to(tl.float32)  # (G, D)
+    context_len = tl.load(lens_ptr + seq)
+    running_max = tl.full((BLOCK_G,), float("-inf"), tl.float32)
+    running_sum = tl.zeros((BLOCK_G,), tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
+    for index in range(0, tl.cdiv(context_len, BLOCK_SIZE)):
+        block = tl.load(tables_ptr + seq * stride_table + index).to(tl.int64)
+        valid = index * BLOCK_SIZE + offs_t < context_len  # (T,)
+        td_mask = valid[:, None] & (offs_d < HEAD_DIM)[None, :]
+        k = tl.load(k_ptr + block * stride_k_block + kv_head * stride_k_head
+                    + offs_t[:, None] * stride_k_row + offs_d[None, :], mask=td_mask, other=0.0).to(tl.float32)
+        scores = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale  # (G, T)
+        scores = tl.where(valid[None, :], scores, float("-inf"))
+        new_max = tl.maximum(running_max, tl.max(scores, axis=1))
+        correction = tl.exp(running_max - new_max)
+        probs = tl.exp(scores - new_max[:, None])  # (G, T)
+        v = tl.load(v_ptr + block * stride_v_block + kv_head * stride_v_head
+                    + offs_t[:, None] * stride_v_row + offs_d[None, :], mask=td_mask, other=0.0).to(tl.float32)
+        running_sum = running_sum * correction + tl.sum(probs, axis=1)
+        acc = acc * correction[:, None] + tl.sum(probs[:, :, None] * v[None, :, :], axis=1)
+        running_max = new_max
+    out = acc / running_sum[:, None]
+    tl.store(out_ptr + seq * stride_o_seq + heads[:, None] * stride_o_head + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=qd_mask)
+
+
+def _check_inputs(query, k_cache, v_cache, block_tables, context_lens) -> None:
+    if query.dim() != 3:
+        raise ValueError(f"query must be (num_seqs, num_heads, head_dim), got shape {tuple(query.shape)}")
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if cache.dim() != 4 or cache.shape[-1] != query.shape[-1] or cache.stride(-1) != 1:
+            raise ValueError(f"{name} must be (num_blocks, num_kv_heads, block_size, head_dim) with a "
+                             f"contiguous last dim matching query, got shape {tuple(cache.shape)}")
+        if cache.dtype != query.dtype or cache.device != query.device:
+            raise ValueError(f"{name} must have query's dtype and device, got {cache.dtype} on {cache.device}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"v_cache must have k_cache's shape {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}")
+    num_seqs, num_heads = query.shape[0], query.shape[1]
+    num_blocks, num_kv_heads, block_size = k_cache.shape[:3]
+    if num_heads % num_kv_heads:
+        raise ValueError(f"query's {num_heads} heads must be a multiple of the cache's {num_kv_heads} KV heads")
+    if block_size & (block_size - 1):
+        raise ValueError(f"k_cache's block_size must be a power of two, got {block_size}")
+    if block_tables.dim() != 2 or block_tables.shape[0] != num_seqs or block_tables.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"block_tables must be int32/int64 of shape ({num_seqs}, max_blocks), "
+                         f"got {block_tables.dtype} {tuple(block_tables.shape)}")
+    if context_lens.shape != (num_seqs,) or context_lens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"context_lens must be int32/int64 of shape ({num_seqs},), got "
+                         f"{context_lens.dtype} {tuple(context_lens.shape)}")
+    if query.device.type == "cpu" and num_seqs:  # range checks cost a device sync: CPU (interpreter) only
+        if int(context_lens.min()) < 1 or int(context_lens.max()) > block_tables.shape[1] * block_size:
+            raise ValueError(f"context_lens must be in [1, {block_tables.shape[1] * block_size}]")
+        if block_tables.numel() and (int(block_tables.min()) < 0 or int(block_tables.max()) >= num_blocks):
+            raise ValueError(f"block_tables entries must be in [0, {num_blocks})")
+
+
+def paged_attention_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Paged decode attention (module docstring): query (B, H, D) -> (B, H, D) in query's dtype.
+
+    ``k_cache, v_cache`` (num_blocks, Hkv, block_size, D); ``block_tables`` (B, max_blocks);
+    ``context_lens`` (B,) in [1, max_blocks * block_size] (range checked on CPU only, to keep
+    CUDA launches sync-free and graph-capturable).
+    """
+    _check_inputs(query, k_cache, v_cache, block_tables, context_lens)
+    query = query.contiguous() if query.stride(-1) != 1 else query
+    num_seqs, num_heads, head_dim = query.shape
+    num_kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    out = torch.empty_like(query)
+    if num_seqs == 0:
+        return out
+    _paged_decode_fwd_kernel[(num_seqs, num_kv_heads)](
+        query, k_cache, v_cache, out, block_tables, context_lens, float(scale),
+        query.stride(0), query.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        out.stride(0), out.stride(1), block_tables.stride(0),
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+        BLOCK_G=triton.next_power_of_2(group), BLOCK_D=triton.next_power_of_2(head_dim),
+        num_warps=4 if head_dim * block_size <= 4096 else 8,
+    )
+    return out
