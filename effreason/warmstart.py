@@ -5,8 +5,8 @@ The warm start of the miniature RL run: SFT on verbose traces of :mod:`effreason
 only. A copy ships in ``effreason/assets/warmstart/``; rebuild it (deterministic from the seed)
 with::
 
-    python -m effreason.warmstart                      # ~15 min on 2 CPU cores
-    python -m effreason.warmstart --steps 2 --out /tmp/ws   # smoke run
+    python -m effreason.warmstart                          # ~25 min on a busy 2-core CPU
+    python -m effreason.warmstart --steps 2 --out /tmp/ws  # smoke run
 
 The run prints a held-out greedy evaluation table (accuracy, mean response tokens and the
 share of those tokens spent on re-checks, per difficulty).
@@ -52,8 +52,8 @@ class WarmstartConfig:
     """Everything that determines the shipped checkpoint."""
 
     seed: int = 0
-    steps: int = 1500
-    batch_size: int = 32
+    steps: int = 1600
+    batch_size: int = 16
     lr: float = 3e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01
@@ -67,9 +67,12 @@ class WarmstartConfig:
     max_new_tokens: int = 320
     min_ops: int = 2
     max_ops: int = 8
+    # One intra-op thread: on a shared 2-core machine two threads spin against other processes
+    # and ran ~4x slower per step than one (measured: 7.9 s vs 2.0 s per batch of 16).
+    threads: int = 1
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "hidden_size", "intermediate_size", "num_layers", "num_heads"):
+        for name in ("steps", "batch_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "threads", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -243,8 +246,11 @@ def greedy_responses(model, tokenizer, questions: list[str], *, batch_size: int,
 def recheck_token_count(response_text: str, tokenizer) -> int:
     """Tokens spent on re-checks: the response's length minus its length with them removed."""
     without = RECHECK_PATTERN.sub("", response_text)
-    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    return count(response_text) - count(without)
+    return num_tokens(response_text, tokenizer) - num_tokens(without, tokenizer)
+
+
+def num_tokens(text: str, tokenizer) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def evaluate(model, tokenizer, task: ToyTask, config: WarmstartConfig) -> dict:
@@ -300,7 +306,7 @@ def format_table(summary: dict) -> str:
 
 def build_warmstart(config: WarmstartConfig, out_dir: Path, log=print) -> dict:
     """Train the warm start from scratch, evaluate it, save model + tokenizer + report to ``out_dir``."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     task = ToyTask(config.min_ops, config.max_ops)
     tokenizer = build_tokenizer(task)
@@ -308,7 +314,11 @@ def build_warmstart(config: WarmstartConfig, out_dir: Path, log=print) -> dict:
     log(f"warm start: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
     started = time.time()
     train(model, tokenizer, task, config, log=log)
-    train_seconds = time.time() - started
+    return evaluate_and_save(model, tokenizer, task, config, out_dir, train_seconds=time.time() - started, log=log)
+
+
+def evaluate_and_save(model, tokenizer, task: ToyTask, config: WarmstartConfig, out_dir: Path, *, train_seconds: float, log=print) -> dict:
+    """Held-out greedy evaluation, printed as a table, then model + tokenizer + report saved to ``out_dir``."""
     summary = evaluate(model, tokenizer, task, config)
     log(format_table(summary))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -321,24 +331,34 @@ def build_warmstart(config: WarmstartConfig, out_dir: Path, log=print) -> dict:
 
 def warmstart_dir() -> Path:
     """The shipped checkpoint folder; when it is missing, the cached build under
-    ``~/.cache/effreason/warmstart`` (built now, ~15 min on 2 CPU cores, if absent)."""
+    ``~/.cache/effreason/warmstart`` (built now, ~25 min on a 2-core CPU, if absent)."""
     if (SHIPPED_DIR / "model.safetensors").exists():
         return SHIPPED_DIR
     if not (CACHE_DIR / "model.safetensors").exists():
-        print(f"effreason: no shipped warm start; building it into {CACHE_DIR} (about 15 min on a CPU)", file=sys.stderr)
+        print(f"effreason: no shipped warm start; building it into {CACHE_DIR} (about 25 min on a 2-core CPU)", file=sys.stderr)
         build_warmstart(WarmstartConfig(), CACHE_DIR, log=lambda line: print(line, file=sys.stderr))
     return CACHE_DIR
 
 
+def load_tokenizer(path):
+    """The word-level tokenizer saved at ``path``, exactly as built by :func:`build_tokenizer`.
+
+    Not ``AutoTokenizer``: for a ``qwen2`` config transformers 5 always builds ``Qwen2Tokenizer``
+    (Qwen's BPE pipeline) and ignores the pre-tokenizer stored in ``tokenizer.json``."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(Path(path))
+
+
 def load_warmstart(path=None, *, device="cpu", dtype=torch.float32):
     """(model, tokenizer) of the warm start at ``path`` (default :func:`warmstart_dir`), model in
-    eval mode on ``device`` in ``dtype``."""
-    from transformers import AutoTokenizer, Qwen2ForCausalLM
+    eval mode on ``device`` in ``dtype``. Also loads any checkpoint trained from it."""
+    from transformers import Qwen2ForCausalLM
 
     folder = Path(path) if path is not None else warmstart_dir()
     if not (folder / "config.json").exists():
         raise ValueError(f"path has no HF checkpoint (config.json missing): {folder}")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)
     model = Qwen2ForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
     model.eval()
     return model, tokenizer
@@ -352,11 +372,13 @@ def parse_args(argv=None) -> tuple[WarmstartConfig, Path]:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for data and initialisation")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sequences per step")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch intra-op threads")
     parser.add_argument("--eval-problems", type=int, default=defaults.eval_problems, help="held-out problems to evaluate")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="greedy evaluation length cap")
     args = parser.parse_args(argv)
     config = WarmstartConfig(
         seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_problems=args.eval_problems,
-        warmup_steps=min(defaults.warmup_steps, args.steps),
+        threads=args.threads, max_new_tokens=args.max_new_tokens, warmup_steps=min(defaults.warmup_steps, args.steps),
     )
     return config, args.out
 

@@ -69,7 +69,8 @@ def format_table(report: dict) -> str:
             rows.append([f"  level {level}", "", "", *_stat_cells(stats), *_normalised_cells(normalised_rows, None)])
     if normalised_rows:
         rows.append(["average", "", "", "", "", "", "", *_normalised_cells(normalised_rows, "average")])
-    lines = [_join(header, header), *(_join(row, header) for row in rows)]
+    widths = [max(len(row[index]) for row in [header, *rows]) for index in range(len(header))]
+    lines = [_join(row, widths) for row in [header, *rows]]
     lines += _budget_lines(report["datasets"])
     return "\n".join(lines)
 
@@ -90,10 +91,10 @@ def _optional(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
-def _join(cells: list[str], header: list[str]) -> str:
-    widths = [max(len(name), 12 if index == 0 else 8) for index, name in enumerate(header)]
+def _join(cells: list[str], widths: list[int]) -> str:
+    """First column left-aligned, numbers right-aligned, two spaces between columns."""
     first = cells[0].ljust(widths[0])
-    return "  ".join([first, *(cell.rjust(width) for cell, width in zip(cells[1:], widths[1:]))])
+    return "  ".join([first, *(cell.rjust(width) for cell, width in zip(cells[1:], widths[1:]))]).rstrip()
 
 
 def _budget_lines(datasets: dict[str, dict]) -> list[str]:

@@ -11,8 +11,9 @@ Decode attention of sequence ``s`` (context length ``L_s``), query head ``h`` in
     out[s, h] = sum_{t < L_s} softmax_t(scale * q[s, h] . K[s, g, t]) V[s, g, t]
 
 Backends, fastest first where usable: flash-attn's ``flash_attn_with_kvcache`` (CUDA, block size a
-multiple of 256), the native CUDA op ``torch.ops.effreason.paged_attention_decode``, the Triton
-kernel ``effreason.kernels.paged_attention`` (CUDA), this file's torch reference (everywhere).
+multiple of 256), the native op ``torch.ops.effreason.paged_attention_decode`` (CPU and CUDA, from
+``csrc/paged_attention``), the Triton kernel ``effreason.kernels.paged_attention`` (CUDA), this
+file's torch reference (everywhere).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
                       meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """Causal self-attention of each packed sequence over its own tokens: (N, H, D) -> (N, H, D)."""
     flash = _flash_attn()
-    if flash is not None and query.is_cuda:
+    if flash is not None and query.is_cuda and query.dtype in _FLASH_DTYPES:
         return flash.flash_attn_varlen_func(query, key, value, meta.cu_seqlens, meta.cu_seqlens,
                                             meta.max_seqlen, meta.max_seqlen, softmax_scale=scale, causal=True)
     out = torch.empty_like(query)
@@ -128,6 +129,9 @@ def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
         out[start:end] = attended.transpose(0, 1)
     return out
+
+
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,13 +143,28 @@ def _flash_attn():
         return None
 
 
-def choose_decode_backend(device: torch.device, block_size: int) -> str:
-    """The fastest decode backend usable on ``device``: "flash", "native", "triton" or "torch"."""
+def _has_native_op() -> bool:
+    """True when ``effreason._C`` registered ``torch.ops.effreason.paged_attention_decode``."""
+    return _backends.has_native() and hasattr(torch.ops.effreason, "paged_attention_decode")
+
+
+if _has_native_op():
+    @torch.library.register_fake("effreason::paged_attention_decode")
+    def _paged_attention_decode_fake(query, k_cache, v_cache, block_tables, context_lens, scale):
+        return torch.empty_like(query)
+
+
+def choose_decode_backend(device: torch.device, dtype: torch.dtype, block_size: int) -> str:
+    """The fastest decode backend usable on ``device``: "flash", "native", "triton" or "torch".
+
+    CPU: the native op (``csrc/paged_attention/paged_attention.cpp``) when built, else torch.
+    CUDA: flash-attn (fp16/bf16, block size a multiple of 256), the native CUDA op, Triton, torch.
+    """
     if device.type != "cuda":
-        return "torch"
-    if _flash_attn() is not None and block_size % 256 == 0:
+        return "native" if _has_native_op() else "torch"
+    if _flash_attn() is not None and dtype in _FLASH_DTYPES and block_size % 256 == 0:
         return "flash"
-    if _backends.has_native_cuda() and hasattr(torch.ops.effreason, "paged_attention_decode"):
+    if _backends.has_native_cuda() and _has_native_op():
         return "native"
     if _backends.has_triton():
         return "triton"

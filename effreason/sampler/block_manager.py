@@ -55,7 +55,7 @@ class BlockManager:
 
     def blocks_to_append(self, seq: Sequence) -> int:
         """New blocks (0 or 1) that writing ``seq``'s last token (position ``num_tokens - 1``) needs."""
-        index = (seq.num_tokens - 1) // self.block_size
+        index = (len(seq.token_ids) - 1) // self.block_size
         if index == len(seq.block_table):
             return 1
         return int(self.ref_counts[seq.block_table[index]] > 1)
@@ -66,7 +66,7 @@ class BlockManager:
         Returns ``(source, destination)`` when a shared block was copied on write (the
         caller copies the KV data), else None. Call only when ``blocks_to_append`` fit.
         """
-        index = (seq.num_tokens - 1) // self.block_size
+        index = (len(seq.token_ids) - 1) // self.block_size
         if index == len(seq.block_table):
             seq.block_table.append(self._take())
             return None

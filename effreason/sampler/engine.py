@@ -7,7 +7,10 @@
 
 Each step is a prefill (new or preempted sequences) or a one-token decode of every running
 sequence (continuous batching, ``scheduler.py``). A prompt is prefilled once and forked into its
-``n`` samples, which share its KV blocks (``block_manager.py``).
+``n`` samples, which share its KV blocks (``block_manager.py``). Model, attention and sampling of a
+step run without host syncs; the one device-to-host copy per step is the sampled tokens and their
+log-probs, which the scheduler needs (stop tokens, lengths). On CUDA the decode forward is replayed
+from a CUDA graph (``cuda_graph.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class Sampler:
       of the free GPU memory at the first ``generate``, on CPU 65536 tokens. Allocated once and
       reused by every ``generate`` while the model's device and dtype stay the same.
     * ``cuda_graphs``: capture the CUDA decode step for bucketed batch sizes (CUDA kernels only).
+
+    After each ``generate``, ``last_stats`` holds ``peak_blocks`` (KV blocks in use at the peak),
+    ``peak_unshared_blocks`` (what the running sequences would hold without prompt sharing) and
+    ``preemptions``.
     """
 
     def __init__(self, model: torch.nn.Module, *, block_size: int = 16, max_num_seqs: int = 256,
@@ -98,7 +105,7 @@ class Sampler:
         shape = (model.num_layers, 2, num_blocks + 1, model.num_kv_heads, self.block_size, model.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=model.dtype, device=model.device)
         self.num_blocks = num_blocks
-        self.backend = attention.choose_decode_backend(model.device, self.block_size)
+        self.backend = attention.choose_decode_backend(model.device, model.dtype, self.block_size)
         graphs_ok = self.use_cuda_graphs and model.device.type == "cuda" and self.backend != "torch"
         self.graphs = DecodeGraphs(self.model, self.kv_cache, self.block_size, self.max_num_seqs,
                                    self.backend) if graphs_ok else None
@@ -178,6 +185,7 @@ class _Run:
         self.owners: list[Sequence] = []
         self.next_id = 0
         self.peak_blocks = 0
+        self.peak_unshared_blocks = 0
         self.device = sampler.model.device
         self.bar = self._progress_bar(total) if progress else None
 
@@ -195,15 +203,25 @@ class _Run:
         scheduler = self.scheduler
         while scheduler.has_work():
             batch = scheduler.schedule()
-            self.peak_blocks = max(self.peak_blocks, self.block_manager.num_blocks - self.block_manager.num_free)
+            self._track_memory()
             if batch.seqs:
                 self._step(batch)
             scheduler.drop_finished()
+            if self.bar is not None:
+                self.bar.update(scheduler.num_finished - self.bar.n)
         for seq in self.owners:
             self.results[seq.prompt_index][seq.sample_indices[0]] = seq.completion()
         if self.bar is not None:
             self.bar.close()
-        self.sampler.last_stats = {"peak_blocks": self.peak_blocks, "preemptions": scheduler.num_preemptions}
+        self.sampler.last_stats = {"peak_blocks": self.peak_blocks, "peak_unshared_blocks": self.peak_unshared_blocks,
+                                   "preemptions": scheduler.num_preemptions}
+
+    def _track_memory(self) -> None:
+        """Peak blocks in use, and what they would be if no block were shared (each sequence its own)."""
+        manager = self.block_manager
+        self.peak_blocks = max(self.peak_blocks, manager.num_blocks - manager.num_free)
+        unshared = sum(len(seq.block_table) for seq in self.scheduler.running)
+        self.peak_unshared_blocks = max(self.peak_unshared_blocks, unshared)
 
     # ----------------------------------------------------------------- one step
     def _step(self, batch: ScheduledBatch) -> None:
@@ -305,12 +323,9 @@ class _Run:
     def _take(self, seq: Sequence, drawn: list[list[float]], row: int) -> None:
         token = int(drawn[0][row])
         seq.append(token, drawn[1][row], drawn[2][row])
+        num_tokens = len(seq.token_ids)
         if token in self.stop_ids:
-            self._finish(seq, "stop")
-        elif seq.num_completion_tokens >= self.params.max_tokens or seq.num_tokens >= self.model.max_model_len:
-            self._finish(seq, "length")
+            self.scheduler.finish(seq, "stop")
+        elif num_tokens - seq.num_prompt_tokens >= self.params.max_tokens or num_tokens >= self.model.max_model_len:
+            self.scheduler.finish(seq, "length")
 
-    def _finish(self, seq: Sequence, reason: str) -> None:
-        self.scheduler.finish(seq, reason)
-        if self.bar is not None:
-            self.bar.update(1)

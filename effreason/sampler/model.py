@@ -21,16 +21,34 @@ def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
     return F.linear(x, layer.weight, layer.bias)
 
 
+def _add_linear_(residual: torch.Tensor, x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    """``residual += x W^T (+ b)`` in place; without a bias the add is fused into the GEMM (``addmm_``)."""
+    if layer.bias is None:
+        return residual.addmm_(x, layer.weight.t())
+    return residual.add_(_linear(x, layer))
+
+
 def _rms_norm(x: torch.Tensor, norm: torch.nn.Module, eps: float) -> torch.Tensor:
-    """``weight * (x / sqrt(mean(x^2) + eps))`` computed in float32 (Zhang & Sennrich 2019; HF order)."""
-    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
-    return norm.weight * normed
+    """``weight * (x / sqrt(mean(x^2) + eps))`` computed in float32 (Zhang & Sennrich 2019).
+
+    Low precision follows HF's rounding order: normalise in float32, round, then multiply.
+    """
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE, half-split convention (Su et al. 2021; HF ``rotate_half``): x (N, heads, D), cos/sin (N, 1, D)."""
-    first, second = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-second, first), dim=-1) * sin
+    """RoPE, half-split convention (Su et al. 2021; HF ``rotate_half``): x (N, heads, D), cos/sin (N, 1, D).
+
+    ``x * cos + cat(-x2, x1) * sin`` with ``x = cat(x1, x2)``, written half by half into one new tensor.
+    """
+    half = x.shape[-1] // 2
+    first, second = x[..., :half], x[..., half:]
+    out = x * cos
+    out[..., :half].addcmul_(second, sin[..., :half], value=-1)
+    out[..., half:].addcmul_(first, sin[..., half:])
+    return out
 
 
 class PagedModel:
@@ -95,6 +113,7 @@ class PagedModel:
         return _rms_norm(hidden, self.decoder.norm, self.eps)
 
     def _layer(self, layer, hidden, cos, sin, layer_cache, meta, backend):
+        """One decoder layer; updates ``hidden`` (N, hidden), a tensor this forward owns, in place."""
         num_tokens = hidden.shape[0]
         attn = layer.self_attn
         x = _rms_norm(hidden, layer.input_layernorm, self.eps)
@@ -107,10 +126,11 @@ class PagedModel:
             attended = attention.prefill_attention(query, key, value, meta, self.scale)
         else:
             attended = attention.decode_attention(backend, query, k_cache, v_cache, meta, self.scale)
-        hidden = hidden + _linear(attended.reshape(num_tokens, -1), attn.o_proj)
+        _add_linear_(hidden, attended.reshape(num_tokens, -1), attn.o_proj)
         x = _rms_norm(hidden, layer.post_attention_layernorm, self.eps)
         mlp = layer.mlp
-        return hidden + _linear(mlp.act_fn(_linear(x, mlp.gate_proj)) * _linear(x, mlp.up_proj), mlp.down_proj)
+        gated = mlp.act_fn(_linear(x, mlp.gate_proj)).mul_(_linear(x, mlp.up_proj))  # (N, intermediate)
+        return _add_linear_(hidden, gated, mlp.down_proj)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 next-token logits (N, vocab) of final hidden states (N, hidden)."""

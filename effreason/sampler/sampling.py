@@ -75,6 +75,12 @@ def truncate_logits(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Ten
     return scaled
 
 
+def gumbel_argmax(log_probs: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """``argmax_v(log_probs[b, v] - log(-log U[b, v]))`` with ``U = uniform_noise(keys, steps, V)``: (B,) int64."""
+    gumbel = -torch.log(-torch.log(uniform_noise(keys, steps, log_probs.shape[-1])))
+    return (log_probs + gumbel).argmax(dim=-1)
+
+
 def sample(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor,
            steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw one token per row of float32 ``logits`` (B, V).
@@ -91,7 +97,6 @@ def sample(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor,
     full = torch.log_softmax(scaled, dim=-1)
     truncated = params.top_k > 0 or params.top_p < 1.0
     drawn_from = torch.log_softmax(truncate_logits(scaled, params.top_k, params.top_p), dim=-1) if truncated else full
-    gumbel = -torch.log(-torch.log(uniform_noise(keys, steps, logits.shape[-1])))
-    tokens = (drawn_from + gumbel).argmax(dim=-1)
+    tokens = gumbel_argmax(drawn_from, keys, steps)
     picked = tokens[:, None]
     return tokens, drawn_from.gather(1, picked)[:, 0], full.gather(1, picked)[:, 0]

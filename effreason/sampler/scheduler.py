@@ -34,6 +34,7 @@ class Scheduler:
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: collections.deque[Sequence] = collections.deque()
         self.num_preemptions = 0
+        self.num_finished = 0
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -75,10 +76,11 @@ class Scheduler:
         batch, copies = [], []
         while self.running:
             seq = self.running.popleft()
-            while manager.blocks_to_append(seq) > manager.num_free and self.running:
+            needed = manager.blocks_to_append(seq)
+            while needed > manager.num_free and self.running:
                 self._preempt(self.running.pop())
-            if manager.blocks_to_append(seq) <= manager.num_free:
-                copy = manager.prepare_append(seq)
+            if needed <= manager.num_free:
+                copy = manager.prepare_append(seq) if needed else None
                 if copy is not None:
                     copies.append(copy)
                 batch.append(seq)
@@ -104,6 +106,7 @@ class Scheduler:
         seq.finish_reason = reason
         seq.status = Status.FINISHED
         self.block_manager.free(seq)
+        self.num_finished += 1
 
     def drop_finished(self) -> None:
         if any(seq.status is Status.FINISHED for seq in self.running):

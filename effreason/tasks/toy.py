@@ -1,7 +1,7 @@
 """The built-in miniature task: chains of small-integer arithmetic operations.
 
-A problem starts from a number and applies ``num_ops`` numbered operations (add, subtract,
-multiply by a one-digit number), every intermediate result kept in ``0..99`` so a tiny model
+A problem starts from a number and applies ``num_ops`` numbered operations (add or subtract a
+digit 1..9, multiply by 2 or 3), every intermediate result kept in ``0..99`` so a tiny model
 can learn the arithmetic. Difficulty is the number of operations. Problems are deterministic
 from a seed, and the train/test split is a fixed function of the question text (a SHA-256
 hash), so the two splits never share a question whatever seeds are used.
@@ -30,7 +30,7 @@ from effreason.tasks.problem import Problem
 MAX_VALUE = 99
 START_RANGE = (1, 20)
 OPERAND_RANGE = (1, 9)
-MULTIPLIER_RANGE = (2, 9)
+MULTIPLIER_RANGE = (2, 3)
 TEST_SPLIT_MODULUS = 10  # one question in ten (by hash) belongs to the test split
 
 OPERATION_WORDS = {"+": "add", "-": "subtract", "*": "multiply by"}

@@ -20,6 +20,7 @@ from effreason.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS
 REWARDS = ("paper", "kimi", "dapo-overlong", "l1-exact", "l1-max")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ROLLOUT_BACKENDS = ("auto", "sampler", "hf")
 
 
 def _option(default, help_text: str, *, choices=None, flag: bool = True):
@@ -68,6 +69,7 @@ class TrainConfig:
     kl_estimator: str = _option("k3", "KL estimator", choices=KL_ESTIMATORS)
     kl_in_reward: bool = _option(False, "subtract the KL from the per-token reward (the paper's) instead of adding it to the loss")
     tis_cap: float = _option(0.0, "truncated importance-sampling correction for sampler/trainer mismatch: cap C of the per-sequence weight (0 = off)")
+    rollout_backend: str = _option("auto", "rollout engine: the paged sampler, HF generate(), or auto (the sampler when importable)", choices=ROLLOUT_BACKENDS)
     micro_batch_tokens: int = _option(8192, "token budget of one packed micro-batch (padded tokens)")
 
     eval_problems: int = _option(504, "held-out problems of the before/after evaluation (0 = skip)")
@@ -76,6 +78,7 @@ class TrainConfig:
     eval_batch_size: int = _option(128, "prompts per evaluation batch")
     checkpoint_every: int = _option(10, "save a checkpoint every N rollout steps (and at the end)")
     max_bad_steps: int = _option(3, "consecutive non-finite losses before the run aborts")
+    cpu_threads: int = _option(0, "torch CPU threads per process; 0 = auto (1 for models under 20M parameters, where threading overhead dominates; else torch's default)")
     device: str = _option("auto", "device", choices=DEVICES)
     dtype: str = _option("auto", "parameter dtype (auto: bfloat16 on CUDA, float32 on CPU)", choices=DTYPES)
     quiet: bool = _option(False, "logs only, no progress bar")
@@ -86,6 +89,7 @@ class TrainConfig:
                      "micro_batch_tokens", "eval_max_new_tokens", "eval_batch_size", "checkpoint_every", "max_bad_steps"):
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("eval_problems", self.eval_problems, minimum=0)
+        _require_int("cpu_threads", self.cpu_threads, minimum=0)
         _require_int("seed", self.seed, minimum=0)
         if self.advantage in ("rloo", "grpo") and self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 for the {self.advantage} advantage, got {self.group_size}")
@@ -112,12 +116,14 @@ class TrainConfig:
             raise ValueError("target_token_ratio controls the paper reward's alpha: use it with --reward paper")
         if self.length_budget is not None:
             _require_int("length_budget", self.length_budget, minimum=1)
-        for name in ("reward", "advantage", "loss_agg", "kl_estimator", "device", "dtype", "answer_kind"):
+        for name in ("reward", "advantage", "loss_agg", "kl_estimator", "device", "dtype", "answer_kind", "rollout_backend"):
             choices = _field_choices(name)
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {self.preset!r}")
+        if self.preset is not None and self.model is None:
+            raise ValueError(f"preset {self.preset} needs --model DIR (e.g. a local DeepSeek-R1-Distill-Qwen checkpoint)")
 
     @property
     def clip_eps(self) -> tuple[float, float]:

@@ -89,7 +89,7 @@ def wrap_policy(policy: torch.nn.Module, context: DistributedContext) -> torch.n
     if context.device.type != "cuda":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(policy, broadcast_buffers=False)
+        return DistributedDataParallel(policy)
     from torch.distributed.fsdp import fully_shard
 
     for layer in policy.model.model.layers:
@@ -130,3 +130,19 @@ def full_optimizer_state(model: torch.nn.Module, optimizer, context: Distributed
 
         return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return optimizer.state_dict()
+
+
+def parameters_in_sync(model: torch.nn.Module, context: DistributedContext) -> bool:
+    """Whether every rank holds the same weights (DDP), by comparing float64 fingerprints
+    ``(sum w, sum w^2, sum i * w)`` of each parameter across ranks; True on one process or under FSDP2."""
+    if not context.enabled or context.device.type == "cuda":
+        return True
+    rows = []
+    for parameter in model.parameters():
+        values = parameter.detach().to(torch.float64).flatten()
+        index = torch.arange(values.numel(), dtype=torch.float64) / max(values.numel(), 1)
+        rows.append(torch.stack([values.sum(), (values * values).sum(), (index * values).sum()]))
+    fingerprint = torch.stack(rows)  # (P, 3)
+    gathered = [torch.empty_like(fingerprint) for _ in range(context.world_size)]
+    dist.all_gather(gathered, fingerprint)
+    return all(torch.equal(gathered[0], other) for other in gathered[1:])

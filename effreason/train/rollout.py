@@ -43,11 +43,15 @@ def _paged_sampler_class():
 class RolloutEngine:
     """Generates completions from ``model`` (its live weights) in batches of ``max_batch_prompts`` prompts."""
 
-    def __init__(self, model, *, pad_token_id: int, max_batch_prompts: int = 64, use_sampler: bool = True):
+    def __init__(self, model, *, pad_token_id: int, max_batch_prompts: int = 64, backend: str = "auto"):
+        if backend not in ("auto", "sampler", "hf"):
+            raise ValueError(f"backend must be 'auto', 'sampler' or 'hf', got {backend!r}")
         self.model = model
         self.pad_token_id = pad_token_id
         self.max_batch_prompts = max_batch_prompts
-        sampler_class = _paged_sampler_class() if use_sampler else None
+        sampler_class = _paged_sampler_class() if backend != "hf" else None
+        if backend == "sampler" and sampler_class is None:
+            raise ValueError("backend: 'sampler' requested but effreason.sampler.Sampler is not importable")
         self.sampler = sampler_class(model) if sampler_class is not None else None
 
     @property

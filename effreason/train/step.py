@@ -29,6 +29,17 @@ def loss_ops():
     return fused_policy_loss, fused_ppo_loss, "fused"
 
 
+def token_logprob_op():
+    """``effreason.ops.fused_logprobs`` when present, else the reference ``token_logprobs``."""
+    try:
+        from effreason.ops import fused_logprobs
+    except ImportError:
+        from effreason.ops.reference import token_logprobs
+
+        return token_logprobs
+    return fused_logprobs
+
+
 class PolicyLoss(torch.nn.Module):
     """Wraps the causal LM so one ``forward`` computes a micro-batch's loss (DDP/FSDP see every parameter).
 
@@ -57,17 +68,15 @@ class PolicyLoss(torch.nn.Module):
 
 def packed_hidden_states(model, batch: MicroBatch) -> torch.Tensor:
     """Final hidden states at the response-predicting positions, packed: (N, H)."""
-    hidden = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state  # (B, L, H)
+    hidden = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state  # (B, L, H)
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.gather_index)
 
 
 @torch.no_grad()
 def reference_logprobs(ref_model, batch: MicroBatch, temperature: float) -> torch.Tensor:
     """Per-token log-probs (N,) of the frozen reference model on the batch's response tokens."""
-    from effreason.ops.reference import token_logprobs
-
     hidden = packed_hidden_states(ref_model, batch)
-    return token_logprobs(hidden, ref_model.lm_head.weight, batch.targets, temperature).float()
+    return token_logprob_op()(hidden, ref_model.lm_head.weight, batch.targets, temperature).float()
 
 
 @dataclass

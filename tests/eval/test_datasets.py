@@ -138,3 +138,11 @@ def test_bad_specs(spec, message):
 def test_bad_limit():
     with pytest.raises(ValueError, match="limit"):
         load_dataset("toy", limit=0)
+
+
+def test_gym_without_the_package_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "reasoning_gym", None)  # makes `import reasoning_gym` fail
+    with pytest.raises(ImportError, match=r"pip install 'effreason\[tasks\]'"):
+        load_dataset("gym:chain_sum", limit=2)

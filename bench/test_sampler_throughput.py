@@ -1,0 +1,151 @@
+"""Sampler throughput vs Hugging Face ``generate()``, same model, prompts and lengths, one process.
+
+    pytest bench/test_sampler_throughput.py -s                          # full run (about a minute on CPU)
+    EFFREASON_BENCH_QUICK=1 pytest bench/test_sampler_throughput.py -s  # seconds-long smoke run
+
+CPU: a tiny random Qwen2 (4 layers, hidden 256, 8 heads, 2 KV heads, vocab 512), 16 prompts x 8
+samples x 128 new tokens. Prints tokens/s of both, the decode step against its floor (the model's
+linear layers alone at the decode batch size) and KV memory with and without prompt sharing.
+GPU (skipped without CUDA): a Qwen2.5-0.5B-shaped random bf16 model, 64 prompts x 8 x 512, with the
+HBM floor (weights + KV cache read once per decode step).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from effreason.sampler import Sampler, SamplingParams
+
+QUICK = os.environ.get("EFFREASON_BENCH_QUICK", "0") == "1"
+HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
+
+
+def _tiny_qwen2() -> Qwen2ForCausalLM:
+    config = Qwen2Config(vocab_size=512, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def _qwen25_half_b(device) -> Qwen2ForCausalLM:
+    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                         tie_word_embeddings=True, rope_theta=1e6)
+    return Qwen2ForCausalLM(config).to(device=device, dtype=torch.bfloat16).eval()
+
+
+def _prompts(num_prompts: int, vocab: int, low: int, high: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(low, high + 1, (num_prompts,), generator=generator).tolist()
+    return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device) -> tuple[float, float]:
+    """(wall-clock seconds, CPU seconds of this process) of ``fn()``.
+
+    CPU seconds are the robust measure on a shared machine (other processes stretch wall time).
+    """
+    _sync(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def _hf_generate(model, prompts, samples: int, new_tokens: int) -> None:
+    """HF sampling of ``samples`` completions per prompt, left-padded batch, forced length."""
+    device = model.device
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=1.0, top_k=0,
+                   top_p=1.0, num_return_sequences=samples, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                   eos_token_id=None, pad_token_id=0)
+
+
+def _linear_floor(model, batch: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of one decode step's linear layers alone (every nn.Linear, ``batch`` rows), best of a few."""
+    device, dtype = model.device, model.dtype
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {m.in_features: torch.randn(batch, m.in_features, device=device, dtype=dtype) for m in linears}
+
+    def step():
+        for m in linears:
+            F.linear(inputs[m.in_features], m.weight, m.bias)
+
+    with torch.no_grad():
+        step()
+        runs = [_timed(step, device) for _ in range(5 if QUICK else 30)]
+    return min(r[0] for r in runs), min(r[1] for r in runs)
+
+
+def _report(name, model, prompts, samples, new_tokens, sampler, hf_times):
+    """Print tokens/s vs HF, the decode step vs the linear floor (wall and, on CPU, CPU time), KV memory."""
+    device = model.device
+    params = SamplingParams(n=samples, temperature=1.0, max_tokens=new_tokens, seed=0)
+    total = _timed(lambda: sampler.generate(prompts, params), device)
+    stats = dict(sampler.last_stats)
+    prefill = _timed(lambda: sampler.generate(prompts, SamplingParams(n=samples, max_tokens=1, seed=0)), device)
+    floor = _linear_floor(model, len(prompts) * samples)
+    tokens = len(prompts) * samples * new_tokens
+    print(f"\n[{name}] {len(prompts)} prompts x {samples} samples x {new_tokens} new tokens on {device}")
+    clocks = ("wall", "CPU") if device.type == "cpu" else ("wall",)
+    for index, clock in enumerate(clocks):
+        hf, ours = hf_times[index], total[index]
+        decode_step = (ours - prefill[index]) / max(1, new_tokens - 1)
+        print(f"  [{clock:4s}] HF generate() {tokens / hf:8.0f} tokens/s ({hf:.2f} s); effreason "
+              f"{tokens / ours:8.0f} tokens/s ({ours:.2f} s) = {hf / ours:.2f}x HF; decode step "
+              f"{decode_step * 1e3:.2f} ms vs linear-layer floor {floor[index] * 1e3:.2f} ms = "
+              f"{decode_step / floor[index]:.2f}x floor")
+    print(f"  KV memory: {sampler.kv_bytes(stats['peak_blocks']) / 2**20:.1f} MiB with prompt sharing, "
+          f"{sampler.kv_bytes(stats['peak_unshared_blocks']) / 2**20:.1f} MiB without "
+          f"(peak, {stats['preemptions']} preemptions)")
+    return (total[0] - prefill[0]) / max(1, new_tokens - 1)
+
+
+def test_cpu_tiny_qwen2_throughput():
+    torch.manual_seed(0)
+    model = _tiny_qwen2()
+    num_prompts, samples, new_tokens = (4, 2, 16) if QUICK else (16, 8, 128)
+    prompts = _prompts(num_prompts, 512, 24, 40)
+    sampler = Sampler(model, kv_cache_tokens=32768)
+    sampler.generate(prompts[:2], SamplingParams(n=2, max_tokens=4, seed=0))  # warm-up: allocates the cache
+    with torch.no_grad():
+        hf_times = _timed(lambda: _hf_generate(model, prompts, samples, new_tokens), model.device)
+    decode_step = _report("cpu tiny qwen2", model, prompts, samples, new_tokens, sampler, hf_times)
+    assert decode_step > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_qwen25_half_b_throughput():
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    model = _qwen25_half_b(device)
+    num_prompts, samples, new_tokens = (8, 2, 32) if QUICK else (64, 8, 512)
+    prompts = _prompts(num_prompts, model.config.vocab_size, 64, 256)
+    sampler = Sampler(model, max_num_seqs=num_prompts * samples)
+    sampler.generate(prompts[:2], SamplingParams(n=2, max_tokens=4, seed=0))
+    with torch.no_grad():
+        hf_times = _timed(lambda: _hf_generate(model, prompts, samples, new_tokens), device)
+    decode_step = _report("gpu qwen2.5-0.5b shape", model, prompts, samples, new_tokens, sampler, hf_times)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    mean_context = sum(len(p) for p in prompts) / len(prompts) + new_tokens / 2
+    kv_bytes = sampler.kv_bytes(1) / sampler.block_size * mean_context * num_prompts * samples
+    name = torch.cuda.get_device_name(device)
+    bandwidth = next((v for k, v in HBM_BYTES_PER_S.items() if k in name), 3.35e12)
+    floor = (weight_bytes + kv_bytes) / bandwidth
+    print(f"  HBM floor:       {floor * 1e3:.2f} ms per decode step ({weight_bytes / 2**20:.0f} MiB weights + "
+          f"{kv_bytes / 2**20:.0f} MiB KV at {bandwidth / 1e12:.2f} TB/s, {name}) -> {decode_step / floor:.2f}x")

@@ -1,0 +1,273 @@
+// CPU implementation and schema of effreason::paged_attention_decode (the CUDA one is in
+// paged_attention_cuda.cpp / paged_attention_kernel.cu). Same contract and oracle as
+// effreason/sampler/attention.py::paged_decode_attention_reference:
+//
+//   out[s, h] = sum_{t < L_s} softmax_t(scale * q[s, h] . K[T_s[t / bs], g, t % bs]) V[...],  g = h / group
+//
+// One task per (sequence, KV head) walks the sequence's blocks in place (no gather of the paged
+// cache): the group's query heads score each K tile while it is in L1, an exact two-pass softmax
+// in float32, then P V as row updates. The two hot loops are compiled for AVX-512, AVX2 and
+// baseline x86-64 (GCC target_clones) and chosen at load time.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace effreason {
+namespace {
+
+constexpr int kLanes = 8;  // independent partial sums so the compiler vectorises the dot product
+
+// Hot loops, compiled for AVX-512 / AVX2+FMA / baseline x86-64 and picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EFFREASON_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define EFFREASON_CPU_CLONES
+#endif
+
+// out[h] = q[h] . key for kHeads query rows q (kHeads, dim): kHeads independent accumulations of kLanes
+// partial sums each, so the FMA chains interleave instead of waiting on one another.
+template <int kHeads>
+inline void dot_heads(const float* q, const float* key, int64_t dim, float* out) {
+  float partial[kHeads][kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= dim; d += kLanes) {
+    for (int h = 0; h < kHeads; ++h) {
+      for (int lane = 0; lane < kLanes; ++lane) partial[h][lane] += q[h * dim + d + lane] * key[d + lane];
+    }
+  }
+  for (int h = 0; h < kHeads; ++h) {
+    for (int width = kLanes / 2; width > 0; width /= 2) {
+      for (int lane = 0; lane < width; ++lane) partial[h][lane] += partial[h][lane + width];
+    }
+    float total = partial[h][0];
+    for (int64_t rest = d; rest < dim; ++rest) total += q[h * dim + rest] * key[rest];
+    out[h] = total;
+  }
+}
+
+constexpr int kHeadsPerPass = 4;
+
+// scores[g * stride + t] = q[g] . keys[t] for the rows t < rows of one block tile (rows, dim).
+EFFREASON_CPU_CLONES
+void block_scores(const float* q, const float* keys, int64_t rows, int64_t group, int64_t dim, float* scores,
+                  int64_t stride) {
+  float dots[kHeadsPerPass];
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* key = keys + t * dim;
+    int64_t g = 0;
+    for (; g + kHeadsPerPass <= group; g += kHeadsPerPass) {
+      dot_heads<kHeadsPerPass>(q + g * dim, key, dim, dots);
+      for (int h = 0; h < kHeadsPerPass; ++h) scores[(g + h) * stride + t] = dots[h];
+    }
+    for (; g < group; ++g) {
+      dot_heads<1>(q + g * dim, key, dim, dots);
+      scores[g * stride + t] = dots[0];
+    }
+  }
+}
+
+// exp(x) for x <= 0 in a loop the compiler vectorises: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2,
+// p the degree-6 Taylor polynomial (relative error < 2e-7); underflows to 0 below -87.
+EFFREASON_CPU_CLONES
+void exp_in_place(float* x, int64_t size) {
+  constexpr float kLog2e = 1.4426950408889634f, kLn2Hi = 0.693145751953125f, kLn2Lo = 1.428606765330187e-06f;
+  for (int64_t i = 0; i < size; ++i) {
+    const float clamped = std::max(x[i], -87.f);
+    const float n = std::nearbyint(clamped * kLog2e);
+    const float r = (clamped - n * kLn2Hi) - n * kLn2Lo;
+    float p = 1.f / 720.f;
+    p = p * r + 1.f / 120.f;
+    p = p * r + 1.f / 24.f;
+    p = p * r + 1.f / 6.f;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    x[i] = x[i] < -87.f ? 0.f : p * scale;
+  }
+}
+
+// Softmax numerator and its sum over one row: row[t] = exp(row[t] - max), returns sum_t row[t].
+// Max and sum keep kLanes partial results so both reductions vectorise without -ffast-math.
+EFFREASON_CPU_CLONES
+float exp_shifted_sum(float* row, int64_t size) {
+  float partial_max[kLanes], partial_sum[kLanes] = {};
+  for (int lane = 0; lane < kLanes; ++lane) partial_max[lane] = -std::numeric_limits<float>::infinity();
+  int64_t t = 0;
+  for (; t + kLanes <= size; t += kLanes) {
+    for (int lane = 0; lane < kLanes; ++lane) partial_max[lane] = std::max(partial_max[lane], row[t + lane]);
+  }
+  float top = *std::max_element(partial_max, partial_max + kLanes);
+  for (; t < size; ++t) top = std::max(top, row[t]);
+  for (t = 0; t < size; ++t) row[t] -= top;
+  exp_in_place(row, size);
+  for (t = 0; t + kLanes <= size; t += kLanes) {
+    for (int lane = 0; lane < kLanes; ++lane) partial_sum[lane] += row[t + lane];
+  }
+  float total = 0.f;
+  for (; t < size; ++t) total += row[t];
+  for (int lane = 0; lane < kLanes; ++lane) total += partial_sum[lane];
+  return total;
+}
+
+// acc[g] += sum_t probs[g * stride + t] * values[t] over the rows of one block tile (rows, dim).
+EFFREASON_CPU_CLONES
+void block_accumulate(const float* probs, const float* values, int64_t rows, int64_t group, int64_t dim,
+                      float* acc, int64_t stride) {
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* value = values + t * dim;
+    for (int64_t g = 0; g < group; ++g) {
+      const float weight = probs[g * stride + t];
+      float* out = acc + g * dim;
+      for (int64_t d = 0; d < dim; ++d) out[d] += weight * value[d];
+    }
+  }
+}
+
+// One KV head's block tile as contiguous float rows: the cache itself when it is float with
+// contiguous rows, else converted into `buffer` (rows, dim).
+template <typename scalar_t>
+const float* tile_as_float(const scalar_t* tile, int64_t rows, int64_t stride_row, int64_t dim, float* buffer) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (stride_row == dim) return tile;
+  }
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t d = 0; d < dim; ++d) buffer[t * dim + d] = static_cast<float>(tile[t * stride_row + d]);
+  }
+  return buffer;
+}
+
+// Ask for the cache lines of `rows` rows (row stride `stride_row` elements) of one block tile, so that
+// the scattered tiles of the next task arrive while this one computes (the walk is latency-bound).
+template <typename scalar_t>
+void prefetch_tile(const scalar_t* tile, int64_t rows, int64_t stride_row) {
+  constexpr int64_t kLine = 64;
+  const char* first = reinterpret_cast<const char*>(tile);
+  const int64_t bytes = rows * stride_row * static_cast<int64_t>(sizeof(scalar_t));
+  for (int64_t offset = 0; offset < bytes; offset += kLine) __builtin_prefetch(first + offset, 0, 2);
+}
+
+struct Shapes {
+  int64_t num_seqs, num_heads, num_kv_heads, group, head_dim, block_size;
+};
+
+template <typename scalar_t>
+void decode_cpu(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                const at::Tensor& tables, const at::Tensor& lens, at::Tensor& out, const Shapes& s, float scale) {
+  const scalar_t* q_ptr = query.data_ptr<scalar_t>();
+  const scalar_t* k_ptr = k_cache.data_ptr<scalar_t>();
+  const scalar_t* v_ptr = v_cache.data_ptr<scalar_t>();
+  scalar_t* o_ptr = out.data_ptr<scalar_t>();
+  const int32_t* table_ptr = tables.data_ptr<int32_t>();
+  const int32_t* len_ptr = lens.data_ptr<int32_t>();
+  const int64_t dim = s.head_dim, group = s.group, block_size = s.block_size;
+  at::parallel_for(0, s.num_seqs * s.num_kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> q(group * dim), acc(group * dim), scores, tile(block_size * dim), inverse_sum(group);
+    const auto prefetch_task = [&](int64_t task) {
+      const int64_t seq = task / s.num_kv_heads, kv_head = task % s.num_kv_heads;
+      const int32_t* table = table_ptr + seq * tables.stride(0);
+      for (int64_t start = 0; start < len_ptr[seq]; start += block_size) {
+        const int64_t block = table[start / block_size];
+        const int64_t rows = std::min(block_size, len_ptr[seq] - start);
+        prefetch_tile(k_ptr + block * k_cache.stride(0) + kv_head * k_cache.stride(1), rows, k_cache.stride(2));
+        prefetch_tile(v_ptr + block * v_cache.stride(0) + kv_head * v_cache.stride(1), rows, v_cache.stride(2));
+      }
+    };
+    if (begin < end) prefetch_task(begin);
+    for (int64_t task = begin; task < end; ++task) {
+      if (task + 1 < end) prefetch_task(task + 1);
+      const int64_t seq = task / s.num_kv_heads, kv_head = task % s.num_kv_heads;
+      const int64_t context = len_ptr[seq];
+      const int32_t* table = table_ptr + seq * tables.stride(0);
+      const scalar_t* k_head = k_ptr + kv_head * k_cache.stride(1);
+      const scalar_t* v_head = v_ptr + kv_head * v_cache.stride(1);
+      for (int64_t g = 0; g < group; ++g) {
+        const scalar_t* q_row = q_ptr + seq * query.stride(0) + (kv_head * group + g) * query.stride(1);
+        for (int64_t d = 0; d < dim; ++d) q[g * dim + d] = static_cast<float>(q_row[d]) * scale;
+      }
+      scores.resize(group * context);  // (G, L)
+      for (int64_t start = 0; start < context; start += block_size) {
+        const int64_t rows = std::min(block_size, context - start);
+        const scalar_t* keys = k_head + static_cast<int64_t>(table[start / block_size]) * k_cache.stride(0);
+        block_scores(q.data(), tile_as_float(keys, rows, k_cache.stride(2), dim, tile.data()), rows, group, dim,
+                     scores.data() + start, context);
+      }
+      for (int64_t g = 0; g < group; ++g) {
+        inverse_sum[g] = 1.f / exp_shifted_sum(scores.data() + g * context, context);
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t start = 0; start < context; start += block_size) {
+        const int64_t rows = std::min(block_size, context - start);
+        const scalar_t* values = v_head + static_cast<int64_t>(table[start / block_size]) * v_cache.stride(0);
+        block_accumulate(scores.data() + start, tile_as_float(values, rows, v_cache.stride(2), dim, tile.data()),
+                         rows, group, dim, acc.data(), context);
+      }
+      for (int64_t g = 0; g < group; ++g) {
+        scalar_t* o_row = o_ptr + seq * out.stride(0) + (kv_head * group + g) * out.stride(1);
+        for (int64_t d = 0; d < dim; ++d) o_row[d] = static_cast<scalar_t>(acc[g * dim + d] * inverse_sum[g]);
+      }
+    }
+  });
+}
+
+Shapes check_inputs(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                    const at::Tensor& block_tables, const at::Tensor& context_lens) {
+  TORCH_CHECK_VALUE(query.dim() == 3, "query must be (num_seqs, num_heads, head_dim)");
+  for (const auto* cache : {&k_cache, &v_cache}) {
+    TORCH_CHECK_VALUE(cache->dim() == 4 && cache->size(3) == query.size(2) && cache->stride(3) == 1,
+                      "k_cache and v_cache must be (num_blocks, num_kv_heads, block_size, head_dim) with a "
+                      "contiguous last dim");
+    TORCH_CHECK_VALUE(cache->scalar_type() == query.scalar_type() && cache->device() == query.device(),
+                      "k_cache and v_cache must have query's dtype and device");
+  }
+  TORCH_CHECK_VALUE(k_cache.sizes() == v_cache.sizes(), "v_cache must have k_cache's shape");
+  const int64_t num_seqs = query.size(0);
+  TORCH_CHECK_VALUE(k_cache.size(1) > 0 && query.size(1) % k_cache.size(1) == 0,
+                    "query's heads must be a multiple of the KV heads");
+  TORCH_CHECK_VALUE(block_tables.dim() == 2 && block_tables.size(0) == num_seqs,
+                    "block_tables must be (num_seqs, max_blocks)");
+  TORCH_CHECK_VALUE(context_lens.dim() == 1 && context_lens.size(0) == num_seqs, "context_lens must be (num_seqs,)");
+  return {num_seqs, query.size(1), k_cache.size(1), query.size(1) / k_cache.size(1), query.size(2), k_cache.size(2)};
+}
+
+at::Tensor paged_attention_decode_cpu(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                      const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
+  const Shapes shapes = check_inputs(query, k_cache, v_cache, block_tables, context_lens);
+  const at::Tensor tables = block_tables.to(at::kInt).contiguous();
+  const at::Tensor lens = context_lens.to(at::kInt).contiguous();
+  const int64_t max_tokens = tables.size(1) * shapes.block_size;
+  if (shapes.num_seqs > 0) {
+    TORCH_CHECK_VALUE(lens.min().item<int32_t>() >= 1 && lens.max().item<int64_t>() <= max_tokens,
+                      "context_lens must be in [1, max_blocks * block_size]");
+    TORCH_CHECK_VALUE(tables.numel() == 0 || (tables.min().item<int32_t>() >= 0 &&
+                                              tables.max().item<int64_t>() < k_cache.size(0)),
+                      "block_tables entries must be in [0, num_blocks)");
+  }
+  const at::Tensor q = query.stride(2) == 1 ? query : query.contiguous();
+  at::Tensor out = at::empty(query.sizes(), query.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "paged_attention_decode_cpu", [&] {
+    decode_cpu<scalar_t>(q, k_cache, v_cache, tables, lens, out, shapes, static_cast<float>(scale));
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(effreason, m) {
+  m.def("paged_attention_decode(Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
+        "Tensor context_lens, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(effreason, CPU, m) {
+  m.impl("paged_attention_decode", &paged_attention_decode_cpu);
+}
+
+}  // namespace effreason

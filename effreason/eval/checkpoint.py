@@ -1,0 +1,96 @@
+"""Find and load the model to evaluate: a Hugging Face checkpoint folder or a training run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+RUN_MODEL_SUBFOLDERS = ("model", "checkpoint")  # where a training run keeps its model (final, latest)
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """The checkpoint folder for ``path``: ``path`` itself when it holds a checkpoint
+    (``config.json`` and weights), else the first of ``path/model``, ``path/checkpoint`` (a
+    training run folder: final model, latest checkpoint) that does.
+
+    ``FileNotFoundError`` for a missing folder; ``ValueError`` naming the folder when it holds no
+    checkpoint or no tokenizer.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    for candidate in (folder, *(folder / name for name in RUN_MODEL_SUBFOLDERS)):
+        if is_checkpoint(candidate):
+            _require_tokenizer(candidate)
+            return candidate
+    looked = ", ".join(["./", *(f"{name}/" for name in RUN_MODEL_SUBFOLDERS)])
+    raise ValueError(f"{folder} holds no Hugging Face checkpoint (config.json and weights) in {looked}")
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """``config.json`` plus weight files: a Hugging Face checkpoint (a run folder has only the former)."""
+    has_weights = any(next(folder.glob(pattern), None) is not None for pattern in WEIGHT_PATTERNS)
+    return (folder / "config.json").is_file() and has_weights
+
+
+def _require_tokenizer(folder: Path) -> None:
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"model folder {folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+
+
+def pick_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``"auto"`` -> bfloat16 on CUDA (the paper's precision), float32 on CPU; else the named dtype."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {tuple(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def load_checkpoint(path: str | Path, *, device: str = "auto", dtype: str = "auto"):
+    """``(model, tokenizer, folder)``: the causal LM in eval mode on ``device`` and its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    folder = resolve_model_dir(path)
+    torch_device = pick_device(device)
+    tokenizer = load_tokenizer(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=pick_dtype(dtype, torch_device)).to(torch_device)
+    model.eval()
+    return model, tokenizer, folder
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer saved in ``folder``, exactly as saved.
+
+    With a ``tokenizer.json`` it is loaded as a plain fast tokenizer: transformers 5's
+    ``AutoTokenizer`` replaces it by the model type's registered class (``Qwen2Tokenizer`` for
+    any Qwen2 checkpoint), which rebuilds the pre-tokenizer and garbles a custom vocabulary such
+    as the built-in warm start's. Other folders go through ``AutoTokenizer``.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if (Path(folder) / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def stop_token_ids(model, tokenizer) -> tuple[int, ...]:
+    """EOS ids of the tokenizer and the model's generation config (Qwen lists several)."""
+    ids = {tokenizer.eos_token_id}
+    generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(generation_eos if isinstance(generation_eos, (list, tuple)) else [generation_eos])
+    ids.discard(None)
+    if not ids:
+        raise ValueError("model and tokenizer define no EOS token: cannot tell where a response ends")
+    return tuple(sorted(ids))

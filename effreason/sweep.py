@@ -1,0 +1,249 @@
+"""``python -m effreason.sweep``: the paper's family of models, one per alpha, on one trade-off plot.
+
+    python -m effreason.sweep --alphas 0,0.05,0.1,0.2,0.4 --out runs/sweep
+    python -m effreason.sweep --alphas 0,0.2 --out runs/sweep --data math500:MATH500.jsonl \\
+        --model MODEL_DIR -- --preset paper-1.5b          # flags after -- go to effreason.train
+
+Every alpha trains from the same warm start (``--model``, default the built-in one) through
+:func:`effreason.train.run` into ``OUT/alpha-<a>/``; then the warm start and every trained model
+are evaluated on the same held-out problems (:mod:`effreason.eval`). The reviewers' training-free
+baselines join the same table and plot: ``--cutoffs 64,128`` (the warm start cut at B tokens, then
+forced to answer) and ``--prompt-budgets 64,128`` (the warm start asked to answer in fewer than X
+tokens). Written to ``OUT/``:
+``sweep.json`` (every report and the normalised columns), ``sweep.md`` (the table, also printed)
+and ``pareto.png`` (accuracy vs mean tokens, one point per model, the warm start starred).
+
+Resumable: a setting whose run folder has ``summary.json`` is not retrained (an interrupted one
+resumes from its checkpoint), and an evaluation is reused from ``OUT/evals/`` when its settings
+are unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from effreason.data import SPEC_HELP
+from effreason.eval.checkpoint import resolve_model_dir
+from effreason.eval.config import EvalConfig
+from effreason.eval.evaluate import evaluate_model, load_datasets
+from effreason.eval.plots import plot_tradeoff
+from effreason.eval.report import normalised_columns, read_report, write_report
+from effreason.tasks.problem import Problem
+
+WARM_START = "warm start"
+RESERVED_TRAIN_FLAGS = ("alpha", "out", "resume", "model")  # set by the sweep for every setting
+USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+
+
+def parse_token_counts(text: str) -> tuple[int, ...]:
+    """``"64,128"`` -> ``(64, 128)``: distinct positive token counts (cut-offs, prompted budgets)."""
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"token counts must be comma-separated integers, got {text!r}") from None
+    if not counts or len(set(counts)) != len(counts) or min(counts) < 1:
+        raise ValueError(f"token counts must be distinct integers >= 1, got {text!r}")
+    return counts
+
+
+def parse_alphas(text: str) -> tuple[float, ...]:
+    """``"0,0.05,0.1"`` -> ``(0.0, 0.05, 0.1)``; ValueError naming ``alphas`` for bad or repeated values."""
+    try:
+        alphas = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"alphas must be comma-separated numbers, got {text!r}") from None
+    if not alphas or len(set(alphas)) != len(alphas) or not all(0.0 <= a <= 1.0 for a in alphas):
+        raise ValueError(f"alphas must be distinct numbers in [0, 1], got {text!r}")
+    return alphas
+
+
+@dataclass
+class SweepConfig:
+    """One sweep: the alphas, the shared warm start, the held-out evaluation, extra training settings."""
+
+    alphas: tuple[float, ...]
+    out: str
+    model: str | None = None
+    data: list[str] = field(default_factory=lambda: ["toy"])
+    max_problems: int | None = None
+    n: int = 1
+    temperature: float = 0.6
+    max_new_tokens: int = 32768
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    cutoffs: tuple[int, ...] = ()
+    prompt_budgets: tuple[int, ...] = ()
+    train_args: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        parse_alphas(",".join(str(alpha) for alpha in self.alphas))
+        reserved = sorted(set(self.train_args) & set(RESERVED_TRAIN_FLAGS))
+        if reserved:
+            raise ValueError(f"train_args must not set {reserved}: the sweep sets them (use --model, --alphas, --out)")
+
+    def eval_config(self, model: str, **baseline_settings) -> EvalConfig:
+        """The shared evaluation settings for ``model``; ``baseline_settings`` override them for a baseline."""
+        settings = dict(model=model, data=self.data, n=self.n, temperature=self.temperature,
+                        max_new_tokens=self.max_new_tokens, seed=self.seed, max_problems=self.max_problems,
+                        device=self.device, dtype=self.dtype)
+        return EvalConfig(**{**settings, **baseline_settings})
+
+    def baselines(self) -> dict[str, dict]:
+        """``{name: EvalConfig overrides}`` of the training-free baselines, evaluated on the warm start."""
+        cut = {f"cut-off {b}": {"max_new_tokens": b, "force_answer": True} for b in self.cutoffs}
+        prompted = {f"prompt budget {x}": {"prompt_budget": x} for x in self.prompt_budgets}
+        return {**cut, **prompted}
+
+
+def run_dir_for(out: Path, alpha: float) -> Path:
+    return out / f"alpha-{alpha:g}"
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run is finished once the trainer wrote its ``summary.json`` (it does so last)."""
+    return (run_dir / "summary.json").is_file()
+
+
+def train_setting(config: SweepConfig, alpha: float, warm_start: str) -> Path:
+    """Train one alpha into its run folder unless already finished; an interrupted run resumes."""
+    from effreason.train import run
+    from effreason.train.checkpoint import latest_checkpoint
+    from effreason.train.config import resolve_config
+
+    run_dir = run_dir_for(Path(config.out), alpha)
+    if is_finished(run_dir):
+        return run_dir
+    if latest_checkpoint(run_dir) is not None:
+        return run(resolve_config({"resume": str(run_dir)}))
+    given = {"eval_problems": 0, **config.train_args, "alpha": alpha, "out": str(run_dir), "model": warm_start}
+    return run(resolve_config(given))
+
+
+def evaluate_cached(name: str, datasets: dict[str, list[Problem]], eval_config: EvalConfig, out: str) -> dict:
+    """The report of ``eval_config.model``, reused from ``OUT/evals/NAME.json`` when made of the same
+    checkpoint with the same settings."""
+    cache = Path(out) / "evals" / f"{name.replace(' ', '-')}.json"
+    if cache.is_file():
+        cached = read_report(cache)
+        same_model = cached.get("model") == str(resolve_model_dir(eval_config.model))
+        if same_model and cached.get("settings") == json.loads(json.dumps(eval_config.settings())):
+            return cached
+    report = evaluate_model(eval_config.model, datasets, eval_config)
+    write_report(report, cache)
+    return report
+
+
+def default_warm_start() -> str:
+    from effreason.warmstart import warmstart_dir
+
+    return str(warmstart_dir())
+
+
+def run_sweep(config: SweepConfig) -> dict:
+    """Train and evaluate every setting; write ``sweep.json``, ``sweep.md``, ``pareto.png``; return the sweep record."""
+    out = Path(config.out)
+    warm_start = config.model or default_warm_start()
+    datasets = load_datasets(config.data, max_problems=config.max_problems, seed=config.seed)
+    reports = {WARM_START: evaluate_cached(WARM_START, datasets, config.eval_config(warm_start), config.out)}
+    for name, overrides in config.baselines().items():
+        reports[name] = evaluate_cached(name, datasets, config.eval_config(warm_start, **overrides), config.out)
+    for alpha in config.alphas:
+        run_dir = train_setting(config, alpha, warm_start)
+        reports[f"alpha={alpha:g}"] = evaluate_cached(f"alpha-{alpha:g}", datasets, config.eval_config(str(run_dir)), config.out)
+    record = sweep_record(reports)
+    write_report(record, out / "sweep.json")
+    table = format_sweep_table(record)
+    (out / "sweep.md").write_text(table + "\n")
+    plot_tradeoff(pareto_points(reports), out / "pareto.png", reference=WARM_START,
+                  title="accuracy vs tokens over alpha")
+    print(table)
+    return record
+
+
+def sweep_record(reports: dict[str, dict]) -> dict:
+    """Every report plus its columns normalised to the warm start (100 = warm start)."""
+    warm = reports[WARM_START]["datasets"]
+    return {
+        "reports": reports,
+        "normalised": {name: normalised_columns(report["datasets"], warm) for name, report in reports.items()},
+    }
+
+
+def format_sweep_table(record: dict) -> str:
+    """Markdown table: per model, accuracy and mean tokens per dataset, then the normalised average."""
+    labels = list(record["reports"][WARM_START]["datasets"])
+    header = ["model", *(f"{label} {column}" for label in labels for column in ("acc %", "tokens")), "acc norm", "tok norm"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, report in record["reports"].items():
+        cells = [name]
+        for label in labels:
+            metrics = report["datasets"][label]
+            cells += [f"{100 * metrics['accuracy']:.1f}", f"{metrics['mean_tokens']:.1f}"]
+        average = record["normalised"][name]["average"]
+        cells += [_cell(average["accuracy_pct"]), _cell(average["tokens_pct"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def pareto_points(reports: dict[str, dict]) -> list[dict]:
+    return [
+        {"label": name, "dataset": label, "accuracy": metrics["accuracy"], "mean_tokens": metrics["mean_tokens"]}
+        for name, report in reports.items()
+        for label, metrics in report["datasets"].items()
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = SweepConfig(alphas=(0.0,), out="")
+    parser = argparse.ArgumentParser(
+        prog="python -m effreason.sweep", description=__doc__.split("\n\n")[0],
+        epilog="Flags after a lone -- are passed to python -m effreason.train for every setting.",
+    )
+    parser.add_argument("--alphas", required=True, type=parse_alphas, help="comma-separated alphas, e.g. 0,0.05,0.1,0.2,0.4")
+    parser.add_argument("--out", required=True, help="sweep folder (run folders, evaluations, table, plot)")
+    parser.add_argument("--model", help="warm start every setting trains from (default: the built-in one)")
+    parser.add_argument("--data", action="append", help=f"held-out evaluation dataset, repeatable: {SPEC_HELP} (default: toy)")
+    parser.add_argument("--max-problems", type=int, help="at most this many problems per dataset")
+    parser.add_argument("--n", type=int, default=defaults.n, help="samples per problem")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="evaluation temperature (0 = greedy)")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="evaluation response token limit")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="evaluation seed")
+    parser.add_argument("--cutoffs", type=parse_token_counts, help="cut-off baselines: warm start cut at these token counts, then forced to answer")
+    parser.add_argument("--prompt-budgets", type=parse_token_counts, help="prompted-budget baselines: warm start asked to answer in fewer than these token counts")
+    parser.add_argument("--device", default=defaults.device, help="evaluation device: auto, cpu, cuda")
+    parser.add_argument("--dtype", default=defaults.dtype, help="evaluation dtype: auto, float32, bfloat16, float16")
+    return parser
+
+
+def config_from_argv(argv: list[str]) -> SweepConfig:
+    """Sweep flags before a lone ``--``, training flags (``python -m effreason.train``'s) after it."""
+    from effreason.train.config import build_parser as train_parser
+
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = build_parser().parse_args(argv[:split])
+    train_args = vars(train_parser().parse_args(argv[split + 1:]))
+    values = {key: value for key, value in vars(args).items() if value is not None}
+    return SweepConfig(**values, train_args=train_args)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        run_sweep(config_from_argv(argv))
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Paged decode attention: torch reference vs a dense float64 oracle, the native op and Triton.
+
+The Triton cases run on a GPU, or on the CPU under TRITON_INTERPRET=1: without a GPU, a test re-runs
+them in a subprocess with that variable set (it must be set before anything imports Triton).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from effreason import _backends
+from effreason.sampler.attention import paged_decode_attention_reference
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+# (num_seqs, num_heads, num_kv_heads, head_dim, block_size, context_lens)
+SHAPES = [
+    (1, 1, 1, 8, 4, [1]),
+    (3, 6, 2, 24, 4, [4, 5, 13]),
+    (4, 7, 7, 16, 8, [8, 1, 17, 24]),
+    (5, 8, 2, 32, 16, [1, 16, 17, 31, 40]),
+]
+
+
+def _inputs(shape, dtype, seed=0):
+    num_seqs, num_heads, num_kv_heads, head_dim, block_size, lens = shape
+    generator = torch.Generator().manual_seed(seed)
+    max_blocks = -(-max(lens) // block_size) + 1  # one spare column of padding entries
+    num_blocks = num_seqs * max_blocks + 3
+    tables = torch.randperm(num_blocks, generator=generator)[: num_seqs * max_blocks].view(num_seqs, max_blocks)
+    make = lambda *size: torch.randn(*size, generator=generator).to(DEVICE, dtype)
+    query = make(num_seqs, num_heads, head_dim)
+    k_cache = make(num_blocks, num_kv_heads, block_size, head_dim)
+    v_cache = make(num_blocks, num_kv_heads, block_size, head_dim)
+    return query, k_cache, v_cache, tables.to(DEVICE, torch.int32), torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+
+
+def _dense_oracle(query, k_cache, v_cache, tables, lens, scale):
+    """Per-sequence dense attention in float64 from the definition."""
+    out = torch.empty(query.shape, dtype=torch.float64)
+    group = query.shape[1] // k_cache.shape[1]
+    for seq in range(query.shape[0]):
+        length = int(lens[seq])
+        positions = torch.arange(length)
+        blocks = tables[seq].long().cpu()[positions // k_cache.shape[2]]
+        keys = k_cache.cpu().double()[blocks, :, positions % k_cache.shape[2]]  # (L, Hkv, D)
+        values = v_cache.cpu().double()[blocks, :, positions % k_cache.shape[2]]
+        for head in range(query.shape[1]):
+            scores = keys[:, head // group] @ query[seq, head].cpu().double() * scale
+            out[seq, head] = torch.softmax(scores, 0) @ values[:, head // group]
+    return out
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reference_matches_dense_oracle(shape):
+    inputs = _inputs(shape, torch.float32)
+    out = paged_decode_attention_reference(*inputs, 0.37)
+    torch.testing.assert_close(out.cpu().double(), _dense_oracle(*inputs, 0.37), atol=1e-5, rtol=0)
+
+
+def _check_against_reference(kernel, shape, dtype):
+    inputs = _inputs(shape, dtype)
+    oracle = _dense_oracle(*inputs, 0.37)
+    out = kernel(*inputs, 0.37)
+    assert out.dtype == dtype and out.shape == inputs[0].shape
+    reference_error = (paged_decode_attention_reference(*inputs, 0.37).cpu().double() - oracle).abs().max()
+    kernel_error = (out.cpu().double() - oracle).abs().max()
+    assert kernel_error <= max(2 * reference_error, TOLERANCE[dtype]), (kernel_error, reference_error)
+
+
+native_available = _backends.has_native() and hasattr(torch.ops.effreason, "paged_attention_decode")
+native_on_device = native_available and (DEVICE.type == "cpu" or _backends.has_native_cuda())
+
+
+@pytest.mark.skipif(not native_on_device, reason="effreason._C without paged_attention_decode for this device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_native_op_matches_reference(shape, dtype):
+    _check_against_reference(torch.ops.effreason.paged_attention_decode, shape, dtype)
+
+
+@pytest.mark.skipif(not native_on_device, reason="effreason._C without paged_attention_decode for this device")
+def test_native_op_registration_and_value_errors():
+    inputs = _inputs(SHAPES[1], torch.float32)
+    torch.library.opcheck(torch.ops.effreason.paged_attention_decode.default, (*inputs, 0.5),
+                          test_utils=("test_schema", "test_faketensor"))
+    query, k_cache, v_cache, tables, lens = inputs
+    with pytest.raises(ValueError, match="heads"):
+        torch.ops.effreason.paged_attention_decode(query[:, :5], k_cache, v_cache, tables, lens, 0.5)
+    if DEVICE.type == "cpu":
+        with pytest.raises(ValueError, match="context_lens"):
+            torch.ops.effreason.paged_attention_decode(query, k_cache, v_cache, tables, lens * 100, 0.5)
+
+
+triton_usable = _backends.triton_usable_on(DEVICE)
+
+
+@pytest.mark.skipif(triton_usable or not _backends.has_triton(), reason="the triton cases run directly")
+def test_triton_cases_under_the_interpreter():
+    environment = dict(os.environ, TRITON_INTERPRET="1")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "triton"]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+@pytest.mark.skipif(not triton_usable, reason="Triton unusable here (no GPU and no TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("shape", SHAPES)
+def test_triton_kernel_matches_reference(shape):
+    from effreason.kernels.paged_attention import paged_attention_decode
+    dtypes = [torch.float32, torch.bfloat16] if DEVICE.type == "cuda" else [torch.float32]
+    for dtype in dtypes:
+        _check_against_reference(paged_attention_decode, shape, dtype)
+
+
+@pytest.mark.skipif(not _backends.has_triton(), reason="needs Triton")
+def test_triton_launcher_rejects_bad_inputs():
+    from effreason.kernels.paged_attention import paged_attention_decode
+    query, k_cache, v_cache, tables, lens = _inputs(SHAPES[1], torch.float32)
+    with pytest.raises(ValueError, match="heads"):
+        paged_attention_decode(query[:, :5], k_cache, v_cache, tables, lens, 0.5)
+    with pytest.raises(ValueError, match="block_tables"):
+        paged_attention_decode(query, k_cache, v_cache, tables.float(), lens, 0.5)
+    with pytest.raises(ValueError, match="v_cache"):
+        paged_attention_decode(query, k_cache, v_cache.double(), tables, lens, 0.5)
+    if DEVICE.type == "cpu":
+        with pytest.raises(ValueError, match="context_lens"):
+            paged_attention_decode(query, k_cache, v_cache, tables, lens * 0, 0.5)

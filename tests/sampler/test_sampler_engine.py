@@ -1,0 +1,179 @@
+"""Sampler end to end against Hugging Face on tiny random models (fp32, CPU).
+
+Greedy outputs must equal HF ``generate()`` token for token; returned log-probs must equal a
+teacher-forced HF forward within 1e-4; seeded sampling must be reproducible.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sampler_models import hf_greedy, hf_logits, random_prompts, tiny_qwen2
+
+from effreason.sampler import Sampler, SamplingParams, engine
+
+LENGTHS = (1, 5, 16, 17, 30)
+LOGPROB_TOLERANCE = 1e-4
+
+
+@pytest.fixture(params=["default", "torch"])
+def backend(request, monkeypatch):
+    """Run each engine test with the installation's decode backend and with the torch reference."""
+    if request.param == "torch":
+        monkeypatch.setattr(engine.attention, "choose_decode_backend", lambda device, dtype, block_size: "torch")
+    return request.param
+
+
+def _check_greedy(model, sampler, prompts, n, new_tokens):
+    results = sampler.generate(prompts, SamplingParams(n=n, temperature=0, max_tokens=new_tokens))
+    assert len(results) == len(prompts)
+    for prompt, completions in zip(prompts, results):
+        expected = hf_greedy(model, prompt, new_tokens)
+        logits = hf_logits(model, prompt + expected)[len(prompt) - 1:-1]
+        expected_logprobs = torch.log_softmax(logits, -1).gather(1, torch.tensor(expected)[:, None])[:, 0]
+        assert len(completions) == n
+        for completion in completions:
+            assert completion.token_ids == expected
+            assert completion.finish_reason == "length"
+            assert completion.logprobs == [0.0] * new_tokens
+            torch.testing.assert_close(torch.tensor(completion.trainer_logprobs), expected_logprobs,
+                                       atol=LOGPROB_TOLERANCE, rtol=0)
+
+
+def test_greedy_matches_hf_generate(model, backend):
+    sampler = Sampler(model, block_size=4, kv_cache_tokens=1024)
+    _check_greedy(model, sampler, random_prompts(LENGTHS), n=3, new_tokens=20)
+    assert sampler.last_stats["preemptions"] == 0
+    assert sampler.last_stats["peak_blocks"] < sampler.last_stats["peak_unshared_blocks"]
+
+
+def test_greedy_matches_hf_under_kv_pressure_with_preemption(model, backend):
+    sampler = Sampler(model, block_size=4, kv_cache_tokens=120, max_num_seqs=8)
+    _check_greedy(model, sampler, random_prompts(LENGTHS, seed=1), n=3, new_tokens=20)
+    assert sampler.last_stats["preemptions"] > 0
+
+
+def test_tied_embeddings_and_more_samples_than_sequence_slots():
+    model = tiny_qwen2(tied=True)
+    _check_greedy(model, Sampler(model, max_num_seqs=2), random_prompts((7, 3)), n=3, new_tokens=8)
+
+
+def test_train_mode_with_dropout_samples_the_eval_model():
+    model = tiny_qwen2()
+    expected = hf_greedy(model, [1, 2, 3], 10)
+    model.config.attention_dropout = 0.5
+    model.train()
+    result = Sampler(model).generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=10))
+    assert result[0][0].token_ids == expected
+
+
+def test_sampled_logprobs_match_teacher_forced_hf(model, backend):
+    params = SamplingParams(n=2, temperature=0.8, top_k=20, top_p=0.9, max_tokens=12, seed=3)
+    prompts = random_prompts((4, 9))
+    results = Sampler(model, block_size=4).generate(prompts, params)
+    for prompt, completions in zip(prompts, results):
+        for completion in completions:
+            tokens = torch.tensor(completion.token_ids)
+            scaled = hf_logits(model, prompt + completion.token_ids)[len(prompt) - 1:-1] / params.temperature
+            trainer = torch.log_softmax(scaled, -1).gather(1, tokens[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(completion.trainer_logprobs), trainer,
+                                       atol=LOGPROB_TOLERANCE, rtol=0)
+            kept = _top_k_top_p_mask(scaled.double(), params.top_k, params.top_p)
+            truncated = torch.log_softmax(scaled.double().masked_fill(~kept, float("-inf")), -1)
+            assert bool(kept.gather(1, tokens[:, None]).all())
+            torch.testing.assert_close(torch.tensor(completion.logprobs, dtype=torch.float64),
+                                       truncated.gather(1, tokens[:, None])[:, 0], atol=LOGPROB_TOLERANCE, rtol=0)
+
+
+def _top_k_top_p_mask(scaled, top_k, top_p):
+    """Reference: keep the top_k largest, then the smallest descending prefix with mass >= top_p."""
+    kept = torch.zeros_like(scaled, dtype=torch.bool)
+    for row, logits in enumerate(scaled):
+        order = logits.argsort(descending=True)[:top_k]
+        probs = torch.softmax(logits[order], 0)
+        mass = 0.0
+        for token, prob in zip(order.tolist(), probs.tolist()):
+            if mass >= top_p:
+                break
+            kept[row, token] = True
+            mass += prob
+    return kept
+
+
+def test_seeded_sampling_is_reproducible_and_batching_invariant(model):
+    prompts = random_prompts((6, 11, 2))
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=16, seed=7)
+    first = Sampler(model).generate(prompts, params)
+    again = Sampler(model, block_size=4, kv_cache_tokens=96, max_num_seqs=3).generate(prompts, params)
+    other = Sampler(model).generate(prompts, SamplingParams(n=3, temperature=1.0, max_tokens=16, seed=8))
+    tokens = lambda results: [[c.token_ids for c in completions] for completions in results]
+    assert tokens(first) == tokens(again)
+    assert tokens(first) != tokens(other)
+    assert len({tuple(c.token_ids) for c in first[0]}) > 1  # the n samples differ
+
+
+def test_stop_token_ends_a_completion_and_is_kept(model):
+    prompt = random_prompts((5,))[0]
+    first, second = hf_greedy(model, prompt, 2)
+    params = SamplingParams(n=2, temperature=0, max_tokens=10, stop_token_ids=(second,))
+    completion = Sampler(model).generate([prompt], params, progress=True)[0][1]
+    assert completion.token_ids == [first, second] and completion.finish_reason == "stop"
+
+
+def test_context_length_ends_a_completion():
+    model = tiny_qwen2()
+    prompt = random_prompts((model.config.max_position_embeddings - 3,))[0]
+    completion = Sampler(model).generate([prompt], SamplingParams(temperature=0, max_tokens=10))[0][0]
+    assert len(completion.token_ids) == 3 and completion.finish_reason == "length"
+
+
+def test_weight_updates_are_seen_without_reallocating_the_cache():
+    model = tiny_qwen2()
+    sampler = Sampler(model, kv_cache_tokens=512)
+    params = SamplingParams(temperature=0, max_tokens=12)
+    before = sampler.generate([[4, 5, 6]], params)[0][0].token_ids
+    cache = sampler.kv_cache.data_ptr()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(torch.tensor([[4, 5, 6]])).logits.sum().backward()
+    optimizer.step()
+    after = sampler.generate([[4, 5, 6]], params)[0][0].token_ids
+    assert after == hf_greedy(model, [4, 5, 6], 12) and after != before
+    assert sampler.kv_cache.data_ptr() == cache
+
+
+def test_invalid_inputs_raise_value_errors():
+    model = tiny_qwen2()
+    sampler = Sampler(model, kv_cache_tokens=64, block_size=16)
+    params = SamplingParams(max_tokens=4)
+    with pytest.raises(ValueError, match=r"prompts\[1\].*KV cache"):
+        sampler.generate([[1, 2], [3] * 65], params)
+    with pytest.raises(ValueError, match=r"prompts\[0\].*context"):
+        Sampler(model).generate([[1] * model.config.max_position_embeddings], params)
+    with pytest.raises(ValueError, match=r"prompts\[0\]"):
+        sampler.generate([[1, 10_000]], params)
+    with pytest.raises(ValueError, match=r"prompts\[0\]"):
+        sampler.generate([[]], params)
+    with pytest.raises(ValueError, match="params"):
+        sampler.generate([[1]], {"n": 1})
+    with pytest.raises(ValueError, match="block_size"):
+        Sampler(model, block_size=12)
+    with pytest.raises(ValueError, match="model"):
+        Sampler(torch.nn.Linear(2, 2))
+    assert sampler.generate([], params) == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_cuda_greedy_matches_hf_generate(cuda_graphs):
+    model = tiny_qwen2().cuda()
+    sampler = Sampler(model, block_size=16, kv_cache_tokens=2048, cuda_graphs=cuda_graphs)
+    prompts = random_prompts(LENGTHS)
+    results = sampler.generate(prompts, SamplingParams(n=2, temperature=0, max_tokens=16))
+    for prompt, completions in zip(prompts, results):
+        ids = torch.tensor([prompt], device="cuda")
+        with torch.no_grad():
+            expected = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16,
+                                      min_new_tokens=16, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+        assert [c.token_ids for c in completions] == [expected, expected]
+    assert sampler.backend != "torch" and (sampler.graphs is not None) == cuda_graphs

@@ -1,0 +1,63 @@
+"""SamplingParams validation and the block manager / scheduler bookkeeping."""
+
+from __future__ import annotations
+
+import pytest
+
+from effreason.sampler import SamplingParams
+from effreason.sampler.block_manager import BlockManager
+from effreason.sampler.scheduler import Scheduler
+from effreason.sampler.sequence import Sequence, Status
+
+
+@pytest.mark.parametrize("field, value", [
+    ("n", 0), ("n", 1.5), ("temperature", -0.1), ("temperature", float("nan")), ("top_p", 0.0),
+    ("top_p", 1.5), ("top_k", -1), ("max_tokens", 0), ("stop_token_ids", (1, -2)), ("stop_token_ids", 5),
+    ("seed", -1), ("n", True),
+])
+def test_invalid_params_raise_value_error_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**{field: value})
+
+
+def test_params_defaults_and_greedy():
+    params = SamplingParams(temperature=0, stop_token_ids=[3, 4])
+    assert params.greedy and params.stop_token_ids == (3, 4)
+    assert not SamplingParams().greedy
+
+
+def test_fork_shares_blocks_and_copy_on_write_privatises_the_partial_block():
+    manager = BlockManager(num_blocks=8, block_size=4)
+    parent = Sequence(0, 0, list(range(6)), [0, 1])  # 6 tokens: one full block, one partial
+    manager.allocate(parent)
+    children = [parent.fork(1 + j, j) for j in range(2)]
+    for child in children:
+        manager.share(child)
+        child.token_ids.append(99)  # the token sampled from the prefill, at position 6
+    manager.free(parent)
+    full, partial = children[0].block_table
+    assert manager.ref_counts[full] == 2 and manager.ref_counts[partial] == 2
+    assert manager.blocks_to_append(children[0]) == 1
+    assert manager.prepare_append(children[0]) == (partial, children[0].block_table[1])
+    assert manager.ref_counts[partial] == 1 and manager.prepare_append(children[1]) is None
+    for child in children:
+        manager.free(child)
+    assert manager.num_free == 8
+
+
+def test_scheduler_keeps_spare_blocks_and_preempts_the_newest_sequence():
+    manager = BlockManager(num_blocks=6, block_size=2)
+    scheduler = Scheduler(manager, max_num_seqs=4, max_num_batched_tokens=64)
+    seqs = [Sequence(i, i, [1, 2, 3], [0]) for i in range(3)]
+    for seq in seqs:
+        scheduler.add(seq)
+    batch = scheduler.schedule()
+    assert batch.is_prefill and batch.seqs == seqs[:2]  # a third would leave fewer spare blocks than sequences
+    scheduler.start_running(batch.seqs)
+    scheduler.waiting.clear()
+    manager.allocate(Sequence(9, 9, [0] * 4, [0]))  # someone else takes the last free blocks
+    for seq in seqs:
+        seq.token_ids.extend([4, 5])  # position 4: both need a third block, none is free
+    batch = scheduler.schedule()
+    assert not batch.is_prefill and batch.seqs == seqs[:1] and len(seqs[0].block_table) == 3
+    assert seqs[1].status is Status.WAITING and scheduler.num_preemptions == 1 and not seqs[1].block_table
