@@ -127,7 +127,8 @@ def ppo_clipped_surrogate(
     return torch.maximum(unclipped, clipped), clipped > unclipped
 
 
-def _check_clip_eps(clip_eps) -> tuple[float, float]:
+def check_clip_eps(clip_eps) -> tuple[float, float]:
+    """Validate a PPO clip range ``(low, high)``: ``0 <= low < 1``, ``high >= 0``."""
     if not isinstance(clip_eps, (tuple, list)) or len(clip_eps) != 2:
         raise ValueError(f"clip_eps must be a pair (low, high), got {clip_eps!r}")
     low, high = float(clip_eps[0]), float(clip_eps[1])
@@ -184,7 +185,7 @@ def policy_loss(
     check_vector("advantages", advantages, length=num_sequences)
     for name, tensor in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs), ("token_mask", token_mask)):
         _check_token_tensor(name, tensor, num_tokens)
-    clip_eps = _check_clip_eps(clip_eps)
+    clip_eps = check_clip_eps(clip_eps)
     if kl_coef < 0:
         raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
     use_kl = kl_coef > 0

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from effreason.data import SPEC_HELP
-from effreason.eval.checkpoint import resolve_model_dir
+from effreason.models import resolve_model_dir
 from effreason.eval.config import EvalConfig
 from effreason.eval.evaluate import evaluate_model, load_datasets
 from effreason.eval.plots import plot_tradeoff

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from effreason.models import load_tokenizer
 from effreason.tasks.prompting import build_prompt, encode_prompt
 from effreason.tasks.toy import ToyTask
 
@@ -338,16 +339,6 @@ def warmstart_dir() -> Path:
         print(f"effreason: no shipped warm start; building it into {CACHE_DIR} (about 25 min on a 2-core CPU)", file=sys.stderr)
         build_warmstart(WarmstartConfig(), CACHE_DIR, log=lambda line: print(line, file=sys.stderr))
     return CACHE_DIR
-
-
-def load_tokenizer(path):
-    """The word-level tokenizer saved at ``path``, exactly as built by :func:`build_tokenizer`.
-
-    Not ``AutoTokenizer``: for a ``qwen2`` config transformers 5 always builds ``Qwen2Tokenizer``
-    (Qwen's BPE pipeline) and ignores the pre-tokenizer stored in ``tokenizer.json``."""
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast.from_pretrained(Path(path))
 
 
 def load_warmstart(path=None, *, device="cpu", dtype=torch.float32):

@@ -6,8 +6,11 @@
 //
 // One task per (sequence, KV head) walks the sequence's blocks in place (no gather of the paged
 // cache): the group's query heads score each K tile while it is in L1, an exact two-pass softmax
-// in float32, then P V as row updates. The two hot loops are compiled for AVX-512, AVX2 and
-// baseline x86-64 (GCC target_clones) and chosen at load time.
+// in float32, then P V as row updates. The walk over scattered tiles is latency-bound, so each task
+// prefetches the tiles of the task kPrefetchTasks ahead. Scores take four query heads per pass with
+// one horizontal-add tree for all four (AVX2 + FMA when the CPU has it); the other hot loops are
+// compiled for AVX-512, AVX2 and baseline x86-64 (GCC target_clones) and chosen at load time, with
+// head dims 32 / 64 / 128 compiled in so P V keeps each head's accumulator row in registers.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,6 +20,11 @@
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define EFFREASON_X86_AVX2 1
+#endif
 
 namespace effreason {
 namespace {
@@ -33,7 +41,7 @@ constexpr int kLanes = 8;  // independent partial sums so the compiler vectorise
 // out[h] = q[h] . key for kHeads query rows q (kHeads, dim): kHeads independent accumulations of kLanes
 // partial sums each, so the FMA chains interleave instead of waiting on one another.
 template <int kHeads>
-inline void dot_heads(const float* q, const float* key, int64_t dim, float* out) {
+__attribute__((always_inline)) inline void dot_heads(const float* q, const float* key, int64_t dim, float* out) {
   float partial[kHeads][kLanes] = {};
   int64_t d = 0;
   for (; d + kLanes <= dim; d += kLanes) {
@@ -53,10 +61,22 @@ inline void dot_heads(const float* q, const float* key, int64_t dim, float* out)
 
 constexpr int kHeadsPerPass = 4;
 
-// scores[g * stride + t] = q[g] . keys[t] for the rows t < rows of one block tile (rows, dim).
-EFFREASON_CPU_CLONES
-void block_scores(const float* q, const float* keys, int64_t rows, int64_t group, int64_t dim, float* scores,
-                  int64_t stride) {
+// Head dims with a compiled-in loop length (fully unrolled, accumulators in registers); others use dim.
+#define EFFREASON_DISPATCH_HEAD_DIM(dim, CALL) \
+  switch (dim) {                                \
+    case 32: CALL(32); break;                   \
+    case 64: CALL(64); break;                   \
+    case 128: CALL(128); break;                 \
+    default: CALL(0);                           \
+  }
+
+// scores[g * stride + t] = q[g] . keys[t] for the rows t < rows of one block tile (rows, dim);
+// kDim > 0 is dim known at compile time.
+template <int kDim>
+__attribute__((always_inline)) inline void scores_rows(const float* q, const float* keys, int64_t rows,
+                                                       int64_t group, int64_t runtime_dim, float* scores,
+                                                       int64_t stride) {
+  const int64_t dim = kDim > 0 ? kDim : runtime_dim;
   float dots[kHeadsPerPass];
   for (int64_t t = 0; t < rows; ++t) {
     const float* key = keys + t * dim;
@@ -70,6 +90,58 @@ void block_scores(const float* q, const float* keys, int64_t rows, int64_t group
       scores[g * stride + t] = dots[0];
     }
   }
+}
+
+EFFREASON_CPU_CLONES
+void block_scores(const float* q, const float* keys, int64_t rows, int64_t group, int64_t dim, float* scores,
+                  int64_t stride) {
+#define EFFREASON_SCORES(kDim) scores_rows<kDim>(q, keys, rows, group, dim, scores, stride)
+  EFFREASON_DISPATCH_HEAD_DIM(dim, EFFREASON_SCORES)
+#undef EFFREASON_SCORES
+}
+
+#ifdef EFFREASON_X86_AVX2
+// [q[0] . key, ..., q[3] . key] for four query rows q (4, dim), dim a multiple of 8: four FMA chains,
+// then one hadd tree reduces all four at once (instead of four separate horizontal sums).
+__attribute__((target("avx2,fma"))) inline __m128 dot4_avx2(const float* q, const float* key, int64_t dim) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t d = 0; d < dim; d += 8) {
+    const __m256 k = _mm256_loadu_ps(key + d);
+    for (int h = 0; h < 4; ++h) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * dim + d), k, acc[h]);
+  }
+  const __m256 sums = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+  return _mm_add_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1));
+}
+
+// block_scores for dim % 8 == 0 on AVX2 + FMA: query heads four at a time, then one by one.
+__attribute__((target("avx2,fma"))) void block_scores_avx2(const float* q, const float* keys, int64_t rows,
+                                                          int64_t group, int64_t dim, float* scores,
+                                                          int64_t stride) {
+  alignas(16) float dots[4];
+  int64_t g = 0;
+  for (; g + 4 <= group; g += 4) {
+    for (int64_t t = 0; t < rows; ++t) {
+      _mm_store_ps(dots, dot4_avx2(q + g * dim, keys + t * dim, dim));
+      for (int h = 0; h < 4; ++h) scores[(g + h) * stride + t] = dots[h];
+    }
+  }
+  for (; g < group; ++g) {
+    for (int64_t t = 0; t < rows; ++t) dot_heads<1>(q + g * dim, keys + t * dim, dim, scores + g * stride + t);
+  }
+}
+#endif
+
+// block_scores through the AVX2 path when the CPU and the shapes allow it.
+void tile_scores(const float* q, const float* keys, int64_t rows, int64_t group, int64_t dim, float* scores,
+                 int64_t stride) {
+#ifdef EFFREASON_X86_AVX2
+  static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (has_avx2 && dim % 8 == 0) {
+    block_scores_avx2(q, keys, rows, group, dim, scores, stride);
+    return;
+  }
+#endif
+  block_scores(q, keys, rows, group, dim, scores, stride);
 }
 
 // exp(x) for x <= 0 in a loop the compiler vectorises: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2,
@@ -118,18 +190,39 @@ float exp_shifted_sum(float* row, int64_t size) {
   return total;
 }
 
-// acc[g] += sum_t probs[g * stride + t] * values[t] over the rows of one block tile (rows, dim).
+// acc[g] += sum_t probs[g * stride + t] * values[t] over the rows of one block tile (rows, dim). With
+// kDim > 0 each head's accumulator row stays in registers across the tile; else rows update memory.
+template <int kDim>
+__attribute__((always_inline)) inline void accumulate_rows(const float* probs, const float* values, int64_t rows,
+                                                           int64_t group, int64_t dim, float* acc, int64_t stride) {
+  if constexpr (kDim > 0) {
+    for (int64_t g = 0; g < group; ++g) {
+      float local[kDim];
+      std::memcpy(local, acc + g * kDim, sizeof(local));
+      for (int64_t t = 0; t < rows; ++t) {
+        const float weight = probs[g * stride + t];
+        for (int d = 0; d < kDim; ++d) local[d] += weight * values[t * kDim + d];
+      }
+      std::memcpy(acc + g * kDim, local, sizeof(local));
+    }
+  } else {
+    for (int64_t t = 0; t < rows; ++t) {
+      const float* value = values + t * dim;
+      for (int64_t g = 0; g < group; ++g) {
+        const float weight = probs[g * stride + t];
+        float* out = acc + g * dim;
+        for (int64_t d = 0; d < dim; ++d) out[d] += weight * value[d];
+      }
+    }
+  }
+}
+
 EFFREASON_CPU_CLONES
 void block_accumulate(const float* probs, const float* values, int64_t rows, int64_t group, int64_t dim,
                       float* acc, int64_t stride) {
-  for (int64_t t = 0; t < rows; ++t) {
-    const float* value = values + t * dim;
-    for (int64_t g = 0; g < group; ++g) {
-      const float weight = probs[g * stride + t];
-      float* out = acc + g * dim;
-      for (int64_t d = 0; d < dim; ++d) out[d] += weight * value[d];
-    }
-  }
+#define EFFREASON_ACCUMULATE(kDim) accumulate_rows<kDim>(probs, values, rows, group, dim, acc, stride)
+  EFFREASON_DISPATCH_HEAD_DIM(dim, EFFREASON_ACCUMULATE)
+#undef EFFREASON_ACCUMULATE
 }
 
 // One KV head's block tile as contiguous float rows: the cache itself when it is float with
@@ -154,6 +247,8 @@ void prefetch_tile(const scalar_t* tile, int64_t rows, int64_t stride_row) {
   const int64_t bytes = rows * stride_row * static_cast<int64_t>(sizeof(scalar_t));
   for (int64_t offset = 0; offset < bytes; offset += kLine) __builtin_prefetch(first + offset, 0, 2);
 }
+
+constexpr int64_t kPrefetchTasks = 2;  // tasks whose tiles are requested ahead of the current one
 
 struct Shapes {
   int64_t num_seqs, num_heads, num_kv_heads, group, head_dim, block_size;
@@ -181,9 +276,9 @@ void decode_cpu(const at::Tensor& query, const at::Tensor& k_cache, const at::Te
         prefetch_tile(v_ptr + block * v_cache.stride(0) + kv_head * v_cache.stride(1), rows, v_cache.stride(2));
       }
     };
-    if (begin < end) prefetch_task(begin);
+    for (int64_t task = begin; task < std::min(end, begin + kPrefetchTasks); ++task) prefetch_task(task);
     for (int64_t task = begin; task < end; ++task) {
-      if (task + 1 < end) prefetch_task(task + 1);
+      if (task + kPrefetchTasks < end) prefetch_task(task + kPrefetchTasks);
       const int64_t seq = task / s.num_kv_heads, kv_head = task % s.num_kv_heads;
       const int64_t context = len_ptr[seq];
       const int32_t* table = table_ptr + seq * tables.stride(0);
@@ -197,8 +292,8 @@ void decode_cpu(const at::Tensor& query, const at::Tensor& k_cache, const at::Te
       for (int64_t start = 0; start < context; start += block_size) {
         const int64_t rows = std::min(block_size, context - start);
         const scalar_t* keys = k_head + static_cast<int64_t>(table[start / block_size]) * k_cache.stride(0);
-        block_scores(q.data(), tile_as_float(keys, rows, k_cache.stride(2), dim, tile.data()), rows, group, dim,
-                     scores.data() + start, context);
+        tile_scores(q.data(), tile_as_float(keys, rows, k_cache.stride(2), dim, tile.data()), rows, group, dim,
+                    scores.data() + start, context);
       }
       for (int64_t g = 0; g < group; ++g) {
         inverse_sum[g] = 1.f / exp_shifted_sum(scores.data() + g * context, context);

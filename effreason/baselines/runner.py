@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from effreason.eval.checkpoint import load_checkpoint, stop_token_ids
+from effreason.models import load_checkpoint, stop_token_ids
 from effreason.losses import segment_sum
 from effreason.tasks.prompting import encode_prompt
 from effreason.train.config import TrainConfig

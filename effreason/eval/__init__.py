@@ -1,6 +1,6 @@
 """Evaluation: ``python -m effreason.eval`` and the pieces the sweep reuses.
 
-Files: ``config.py`` (EvalConfig), ``checkpoint.py`` (find/load the model), ``generation.py``
+Files: ``config.py`` (EvalConfig), ``generation.py``
 (prompts, sampler, cut-off and prompted-budget baselines), ``metrics.py`` (accuracy, tokens,
 truncation, per difficulty, normalised), ``report.py`` (JSON report and table), ``plots.py``
 (accuracy vs tokens), ``evaluate.py`` (the whole pipeline), ``cli.py`` (the command).

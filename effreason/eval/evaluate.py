@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from effreason.data import load_dataset, parse_spec, score_response
-from effreason.eval.checkpoint import load_checkpoint, stop_token_ids
+from effreason.models import load_checkpoint, stop_token_ids
 from effreason.eval.config import EvalConfig
 from effreason.eval.generation import Response, generate_responses
 from effreason.eval.metrics import SampleResult, dataset_metrics

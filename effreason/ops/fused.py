@@ -307,7 +307,7 @@ def fused_ppo_loss(
     old_logprobs, ref_logprobs, token_mask = _check_packed_inputs(
         hidden, cu_seqlens, advantages, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, token_mask=token_mask
     )
-    clip_low, clip_high = losses._check_clip_eps(clip_eps)
+    clip_low, clip_high = losses.check_clip_eps(clip_eps)
     _check_kl_options(kl_coef, kl_estimator, kl_in_reward, old_logprobs, ref_logprobs)
     temperature = _check_temperature(temperature)
     backend = resolve_backend(backend, hidden.device)

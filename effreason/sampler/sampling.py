@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from effreason import _backends
 from effreason.sampler.params import SamplingParams
 
 
@@ -27,16 +28,19 @@ _MIX_2 = _signed(0x94D049BB133111EB)
 
 def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Logical right shift of int64 (torch's ``>>`` is arithmetic on signed integers)."""
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
+    return (x >> bits).bitwise_and_((1 << (64 - bits)) - 1)
 
 
 def mix64(x: torch.Tensor) -> torch.Tensor:
-    """SplitMix64 finaliser on int64 (wrapping multiplication): a bijective 64-bit hash."""
+    """SplitMix64 finaliser on int64 (wrapping multiplication): a bijective 64-bit hash.
+
+    Returns a new tensor; after the first step it is updated in place (fewer (B, V) temporaries).
+    """
     x = x ^ _shift_right(x, 30)
-    x = x * _MIX_1
-    x = x ^ _shift_right(x, 27)
-    x = x * _MIX_2
-    return x ^ _shift_right(x, 31)
+    x.mul_(_MIX_1)
+    x.bitwise_xor_(_shift_right(x, 27))
+    x.mul_(_MIX_2)
+    return x.bitwise_xor_(_shift_right(x, 31))
 
 
 def stream_keys(seed: int, prompt_indices: torch.Tensor, sample_indices: torch.Tensor) -> torch.Tensor:
@@ -45,15 +49,20 @@ def stream_keys(seed: int, prompt_indices: torch.Tensor, sample_indices: torch.T
     return mix64(base + sample_indices.long() * _GOLDEN)
 
 
+def row_streams(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """``mix64(key * G + step)``: the int64 stream of each row at this step, ``keys, steps`` (B,) int64."""
+    return mix64(keys * _GOLDEN + steps)
+
+
 def uniform_noise(keys: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Uniforms in (0, 1), float32 (B, V): ``(top 24 bits of mix64(row + G*v) + 0.5) / 2^24``.
 
-    ``row = mix64(key * G + step)`` per sequence, ``keys`` and ``steps`` (B,) int64.
+    ``row = row_streams(keys, steps)`` per sequence, ``keys`` and ``steps`` (B,) int64.
     """
-    rows = mix64(keys * _GOLDEN + steps)  # (B,)
+    rows = row_streams(keys, steps)  # (B,)
     columns = torch.arange(vocab_size, device=keys.device, dtype=torch.int64) * _GOLDEN
     bits = mix64(rows[:, None] + columns[None, :])  # (B, V)
-    return (_shift_right(bits, 40).float() + 0.5) * (1.0 / (1 << 24))
+    return _shift_right(bits, 40).float().add_(0.5).mul_(1.0 / (1 << 24))
 
 
 def truncate_logits(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -76,9 +85,15 @@ def truncate_logits(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Ten
 
 
 def gumbel_argmax(log_probs: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """``argmax_v(log_probs[b, v] - log(-log U[b, v]))`` with ``U = uniform_noise(keys, steps, V)``: (B,) int64."""
-    gumbel = -torch.log(-torch.log(uniform_noise(keys, steps, log_probs.shape[-1])))
-    return (log_probs + gumbel).argmax(dim=-1)
+    """``argmax_v(log_probs[b, v] - log(-log U[b, v]))`` with ``U = uniform_noise(keys, steps, V)``: (B,) int64.
+
+    On CUDA with Triton, the fused one-pass kernel ``effreason.kernels.gumbel_sampling`` (same numbers).
+    """
+    if log_probs.is_cuda and _backends.has_triton():
+        from effreason.kernels.gumbel_sampling import gumbel_argmax as fused_gumbel_argmax
+        return fused_gumbel_argmax(log_probs, keys, steps)
+    gumbel = uniform_noise(keys, steps, log_probs.shape[-1]).log_().neg_().log_().neg_()  # (B, V)
+    return gumbel.add_(log_probs).argmax(dim=-1)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor,

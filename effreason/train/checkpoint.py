@@ -33,6 +33,7 @@ def rng_states() -> dict:
 
 
 def restore_rng_states(states: dict) -> None:
+    """Inverse of :func:`rng_states`."""
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])

@@ -126,7 +126,7 @@ class ProblemStream:
 
 @dataclass
 class TaskSetup:
-    """Where the problems come from and how responses are graded."""
+    """Where the problems come from and how responses are graded (``is_correct(text, problem)``)."""
 
     train: ProblemStream
     evaluation: list[Problem]

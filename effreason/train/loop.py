@@ -60,6 +60,7 @@ def run(config: TrainConfig) -> Path:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -68,6 +69,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bfloat16 on CUDA (the paper's precision), float32 on CPU."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, name)
@@ -110,12 +112,14 @@ def load_tokenizer(folder: Path):
 
 
 def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (sampling has its own per-step seeds, see ``_step_seed``)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def default_run_dir() -> Path:
+    """``runs/train-YYYYmmdd-HHMMSS`` under the working directory."""
     return Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
 
 
@@ -350,7 +354,8 @@ class Trainer:
             plans = plan_micro_batches(row_lengths[start:start + rows_per_mini], config.group_size, config.micro_batch_tokens)
             mini_batches.append([
                 build_micro_batch(rollout["prompts"], rollout["responses"], rollout["old_logprobs"], rollout["correct"],
-                                  rollout["advantages"], slice(start + plan.start, start + plan.stop), self.pad_token_id)
+                                  rollout["advantages"], slice(start + plan.start, start + plan.stop), self.pad_token_id,
+                                  config.group_size)
                 for plan in plans
             ])
         return mini_batches

@@ -5,8 +5,9 @@ response token is never an input). The hidden state at position ``t`` predicts t
 ``t + 1``, so response token ``i`` of row ``b`` is predicted at ``P_b - 1 + i``; those
 positions are gathered into the packed (N, H) layout of the loss ops, sequence after
 sequence, with ``cu_seqlens`` marking the boundaries. The budget bounds ``B * L`` (padded
-tokens), so a micro-batch never costs more memory than the budget allows; each holds whole
-groups because the paper's reward compares the samples of one prompt.
+tokens), so a micro-batch never costs more memory than the budget allows. Micro-batches hold
+whole groups where they fit, so the fused op can compute the paper's group reward itself; a
+group too long for the budget is split by rows and its precomputed advantages are used instead.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class MicroBatch:
 
     input_ids, attention_mask: (B, L); gather_index: (N,) flat indices into (B * L);
     targets: (N,) response tokens; cu_seqlens: (B + 1,); old_logprobs, sampler_logprobs: (N,);
-    correct: (B,) bool; advantages: (B,) float32; sequence_slice: the rows of the rollout it holds.
+    correct: (B,) bool; advantages: (B,) float32; sequence_slice: the rows of the rollout it holds;
+    whole_groups: it holds complete prompt groups (the paper's reward can be computed inside the loss).
     """
 
     input_ids: torch.Tensor
@@ -34,6 +36,7 @@ class MicroBatch:
     correct: torch.Tensor
     advantages: torch.Tensor
     sequence_slice: slice
+    whole_groups: bool = True
 
     @property
     def num_sequences(self) -> int:
@@ -46,24 +49,43 @@ class MicroBatch:
     def to(self, device) -> "MicroBatch":
         moved = {name: getattr(self, name).to(device) for name in
                  ("input_ids", "attention_mask", "gather_index", "targets", "cu_seqlens", "old_logprobs", "correct", "advantages")}
-        return MicroBatch(**moved, sequence_slice=self.sequence_slice)
+        return MicroBatch(**moved, sequence_slice=self.sequence_slice, whole_groups=self.whole_groups)
 
 
 def plan_micro_batches(row_lengths: list[int], group_size: int, token_budget: int) -> list[slice]:
-    """Consecutive whole groups per micro-batch while ``rows * longest_row <= token_budget``
-    (a single group over the budget still gets its own micro-batch)."""
+    """Consecutive whole groups per micro-batch while ``rows * longest_row <= token_budget``; a group
+    that alone exceeds the budget is split into row chunks that fit (at least one row each)."""
     if len(row_lengths) % group_size:
         raise ValueError(f"the number of rows ({len(row_lengths)}) must be divisible by group_size ({group_size})")
     plans, start, longest = [], 0, 0
     for group_start in range(0, len(row_lengths), group_size):
-        group_longest = max(row_lengths[group_start:group_start + group_size])
-        rows = group_start + group_size - start
-        if group_start > start and rows * max(longest, group_longest) > token_budget:
+        group = slice(group_start, group_start + group_size)
+        group_longest = max(row_lengths[group])
+        if group_size * group_longest > token_budget:
+            if group_start > start:
+                plans.append(slice(start, group_start))
+            plans += _row_chunks(row_lengths, group, token_budget)
+            start, longest = group.stop, 0
+            continue
+        if group_start > start and (group.stop - start) * max(longest, group_longest) > token_budget:
             plans.append(slice(start, group_start))
             start, longest = group_start, 0
         longest = max(longest, group_longest)
-    plans.append(slice(start, len(row_lengths)))
+    if start < len(row_lengths):
+        plans.append(slice(start, len(row_lengths)))
     return plans
+
+
+def _row_chunks(row_lengths: list[int], rows: slice, token_budget: int) -> list[slice]:
+    """Consecutive rows of ``rows`` while ``count * longest <= token_budget`` (one row at least)."""
+    chunks, start, longest = [], rows.start, 0
+    for row in range(rows.start, rows.stop):
+        if row > start and (row + 1 - start) * max(longest, row_lengths[row]) > token_budget:
+            chunks.append(slice(start, row))
+            start, longest = row, 0
+        longest = max(longest, row_lengths[row])
+    chunks.append(slice(start, rows.stop))
+    return chunks
 
 
 def build_micro_batch(
@@ -74,6 +96,7 @@ def build_micro_batch(
     advantages: torch.Tensor,
     rows: slice,
     pad_token_id: int,
+    group_size: int = 1,
 ) -> MicroBatch:
     """The :class:`MicroBatch` of rollout rows ``rows`` (every response non-empty)."""
     row_prompts, row_responses = prompts[rows], responses[rows]
@@ -100,4 +123,5 @@ def build_micro_batch(
         correct=correct[rows],
         advantages=advantages[rows],
         sequence_slice=rows,
+        whole_groups=rows.start % group_size == 0 and (rows.stop - rows.start) % group_size == 0,
     )

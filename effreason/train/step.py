@@ -43,8 +43,9 @@ def token_logprob_op():
 class PolicyLoss(torch.nn.Module):
     """Wraps the causal LM so one ``forward`` computes a micro-batch's loss (DDP/FSDP see every parameter).
 
-    ``paper_objective``: the paper's reward + RLOO inside the fused op (``fused_policy_loss``);
-    otherwise the precomputed advantages go through ``fused_ppo_loss``.
+    ``paper_objective``: the paper's reward + RLOO inside the fused op (``fused_policy_loss``) for
+    micro-batches of whole groups; otherwise the precomputed advantages (the same numbers for the
+    paper's reward) go through ``fused_ppo_loss``.
     """
 
     def __init__(self, model, *, group_size: int, paper_objective: bool, loss_options: dict, temperature: float):
@@ -60,7 +61,7 @@ class PolicyLoss(torch.nn.Module):
         hidden = packed_hidden_states(self.model, batch)  # (N, H)
         weight = self.model.lm_head.weight  # (V, H)
         options = dict(self.loss_options, old_logprobs=batch.old_logprobs, ref_logprobs=ref_logprobs, temperature=self.temperature)
-        if self.paper_objective:
+        if self.paper_objective and batch.whole_groups:
             return self.policy_op(hidden, weight, batch.targets, batch.cu_seqlens, batch.correct,
                                   group_size=self.group_size, alpha=alpha, **options)
         return self.ppo_op(hidden, weight, batch.targets, batch.cu_seqlens, batch.advantages, **options)

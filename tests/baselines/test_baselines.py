@@ -52,7 +52,7 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_model_dir):
-    from effreason.eval.checkpoint import load_checkpoint
+    from effreason.models import load_checkpoint
 
     model, tokenizer, _ = load_checkpoint(tiny_model_dir, device="cpu", dtype="float32")
     return model, tokenizer
@@ -155,7 +155,7 @@ def test_packed_sequence_logprobs_match_full_logits(tiny_model):
 
 
 def fresh_copy(tiny_model_dir):
-    from effreason.eval.checkpoint import load_checkpoint
+    from effreason.models import load_checkpoint
 
     model, tokenizer, _ = load_checkpoint(tiny_model_dir, device="cpu", dtype="float32")
     return model.train(), tokenizer
@@ -204,7 +204,7 @@ def test_micro_batching_leaves_the_dpo_gradient_unchanged(tiny_model_dir):
 
 @pytest.mark.parametrize("run, options, name", [(run_rs_sft, RSSFTOptions(), "rs-sft"), (run_dpo, DPOOptions(epochs=2), "dpo")])
 def test_a_short_run_writes_the_training_loop_run_folder(run, options, name, tiny_model_dir, tmp_path, monkeypatch):
-    from effreason.eval.checkpoint import resolve_model_dir
+    from effreason.models import resolve_model_dir
     from effreason.tasks.toy import ToyTask
 
     monkeypatch.setattr(ToyTask, "is_correct", lambda self, text, problem: True)  # random weights never solve a problem

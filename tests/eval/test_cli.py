@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from effreason.eval.checkpoint import resolve_model_dir
+from effreason.models import resolve_model_dir
 from effreason.eval.cli import main
 
 FIXTURES = Path(__file__).resolve().parents[2] / "effreason" / "data" / "fixtures"
@@ -84,7 +84,7 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, tmp_path, capsys, make
 
 def test_saved_tokenizer_loads_exactly_as_built(tiny_model_dir):
     """transformers 5's AutoTokenizer would swap in Qwen2Tokenizer and garble the toy vocabulary."""
-    from effreason.eval.checkpoint import load_tokenizer
+    from effreason.models import load_tokenizer
     from effreason.tasks.prompting import encode_prompt
     from effreason.tasks.toy import ToyTask
     from effreason.warmstart import build_tokenizer

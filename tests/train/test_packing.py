@@ -14,11 +14,12 @@ def test_plan_keeps_whole_groups_within_budget():
     lengths = [5, 9, 3, 4, 20, 2, 7, 7, 1, 1]
     plans = plan_micro_batches(lengths, group_size=2, token_budget=20)
     assert [p.start for p in plans][0] == 0 and plans[-1].stop == len(lengths)
-    assert all(p.start % 2 == 0 and p.stop % 2 == 0 for p in plans)
+    assert all(a.stop == b.start for a, b in zip(plans, plans[1:]))
     for plan in plans:
-        rows = plan.stop - plan.start
-        assert rows * max(lengths[plan]) <= 20 or rows == 2  # an over-budget group stands alone
-    assert [(p.start, p.stop) for p in plans] == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+        assert (plan.stop - plan.start) * max(lengths[plan]) <= 20
+    # the group (4, 6) is too long for the budget as a whole: it is split by rows
+    assert [(p.start, p.stop) for p in plans] == [(0, 2), (2, 4), (4, 5), (5, 6), (6, 8), (8, 10)]
+    assert plan_micro_batches([3] * 8, group_size=4, token_budget=100) == [slice(0, 8)]
     with pytest.raises(ValueError, match="group_size"):
         plan_micro_batches(lengths[:3], group_size=2, token_budget=20)
 
@@ -77,6 +78,30 @@ def test_micro_batch_accumulation_equals_whole_batch(tiny_model, loss_agg):
     whole = gradient([slice(0, 8)])
     split = gradient([slice(0, 2), slice(2, 6), slice(6, 8)])
     torch.testing.assert_close(split, whole, rtol=1e-7, atol=1e-10)
+
+
+def test_paper_objective_with_a_split_group_equals_the_whole_batch(tiny_model):
+    """A group split by rows falls back to precomputed advantages: same gradient as the fused group reward."""
+    from effreason.ops.segment import length_penalized_rloo
+
+    prompts, responses, old = _rollout(8, seed=4)
+    correct = torch.tensor([True, False, True, True, False, False, True, True])
+    lengths = torch.tensor([len(r) for r in responses])
+    _, advantages = length_penalized_rloo(correct, lengths, 2, 0.3)
+    policy = PolicyLoss(tiny_model, group_size=2, paper_objective=True, loss_options=dict(loss_agg="seq-mean-token-mean"), temperature=1.0)
+
+    def gradient(slices):
+        tiny_model.zero_grad()
+        batches = [build_micro_batch(prompts, responses, old, correct, advantages, s, 1, group_size=2) for s in slices]
+        for batch in batches:
+            loss, _ = policy(batch, alpha=0.3)
+            (loss * micro_batch_share(batch, batches, "seq-mean-token-mean")).backward()
+        return [b.whole_groups for b in batches], torch.cat([p.grad.flatten() for p in tiny_model.parameters()])
+
+    whole_flags, whole = gradient([slice(0, 8)])
+    split_flags, split = gradient([slice(0, 2), slice(2, 3), slice(3, 4), slice(4, 8)])
+    assert whole_flags == [True] and split_flags == [True, False, False, True]
+    torch.testing.assert_close(split, whole, rtol=1e-6, atol=1e-9)
 
 
 def test_policy_loss_matches_reference_on_logprobs(tiny_model):

@@ -117,7 +117,7 @@ def _wait_for_checkpoint_then_kill(process, run_dir: Path, min_step: int, timeou
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, toy_data_file, tmp_path):
-    settings = dict(steps=6, checkpoint_every=2, eval_problems=2)
+    settings = dict(steps=10, checkpoint_every=2, eval_problems=2)
     reference = tmp_path / "uninterrupted"
     run(config_from_args(tiny_run_flags(tiny_model_dir, toy_data_file, reference, **settings)))
 
@@ -125,12 +125,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, toy_da
     command = [sys.executable, "-m", "effreason.train", *tiny_run_flags(tiny_model_dir, toy_data_file, killed, **settings)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     killed_at = _wait_for_checkpoint_then_kill(process, killed, min_step=2)
-    assert killed_at < 6 and not (killed / "summary.json").exists()
+    assert killed_at < 10 and not (killed / "summary.json").exists()
 
     assert main(["--resume", str(killed), "--quiet"]) == 0
     _assert_same_weights(_weights(reference), _weights(killed))
     steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert steps == list(range(1, 11))
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Find and load the model to evaluate: a Hugging Face checkpoint folder or a training run folder."""
+"""Find and load Hugging Face checkpoints: a model folder or a training run folder, with its tokenizer exactly as saved."""
 
 from __future__ import annotations
 
