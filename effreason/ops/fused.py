@@ -264,10 +264,19 @@ def _ppo_setup_context(ctx, inputs, output):
     ctx.save_for_backward(grad_hidden, grad_weight)
 
 
+def _scale(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    """``grad * grad_loss``; in eager mode in place, so no second (V, H) tensor is ever allocated
+    (the saved tensor is released right after backward and autograd takes it as ``.grad``).
+    Traced graphs (torch.compile, AOT; tensor subclasses) get the out-of-place product."""
+    if type(grad) is torch.Tensor and not torch.compiler.is_compiling():
+        return grad.mul_(grad_loss.to(grad.dtype))
+    return grad * grad_loss.to(grad.dtype)
+
+
 def _ppo_backward(ctx, grad_loss, *_unused):
     grad_hidden, grad_weight = ctx.saved_tensors
-    scale_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
-    scale_weight = grad_weight * grad_loss.to(grad_weight.dtype) if ctx.needs_input_grad[1] else None
+    scale_hidden = _scale(grad_hidden, grad_loss) if ctx.needs_input_grad[0] else None
+    scale_weight = _scale(grad_weight, grad_loss) if ctx.needs_input_grad[1] else None
     return (scale_hidden, scale_weight) + (None,) * 14
 
 
