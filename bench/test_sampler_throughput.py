@@ -23,7 +23,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from effreason.sampler import Sampler, SamplingParams
 
 QUICK = os.environ.get("EFFREASON_BENCH_QUICK", "0") == "1"
-HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
+HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # nominal, when not measured
+MEASURED_HBM_BYTES_PER_S = float(os.environ.get("EFFREASON_HBM_BYTES_PER_S", "0"))  # bench/ceilings.py
 
 
 def _tiny_qwen2() -> Qwen2ForCausalLM:
@@ -145,7 +146,8 @@ def test_gpu_qwen25_half_b_throughput():
     mean_context = sum(len(p) for p in prompts) / len(prompts) + new_tokens / 2
     kv_bytes = sampler.kv_bytes(1) / sampler.block_size * mean_context * num_prompts * samples
     name = torch.cuda.get_device_name(device)
-    bandwidth = next((v for k, v in HBM_BYTES_PER_S.items() if k in name), 3.35e12)
+    nominal = next((v for k, v in HBM_BYTES_PER_S.items() if k in name), 3.35e12)
+    bandwidth = MEASURED_HBM_BYTES_PER_S or nominal
     floor = (weight_bytes + kv_bytes) / bandwidth
     print(f"  HBM floor:       {floor * 1e3:.2f} ms per decode step ({weight_bytes / 2**20:.0f} MiB weights + "
-          f"{kv_bytes / 2**20:.0f} MiB KV at {bandwidth / 1e12:.2f} TB/s, {name}) -> {decode_step / floor:.2f}x")
+          f"{kv_bytes / 2**20:.0f} MiB KV at {bandwidth / 1e12:.2f} TB/s {'measured' if MEASURED_HBM_BYTES_PER_S else 'nominal'}, {name}) -> {decode_step / floor:.2f}x")

@@ -6,8 +6,14 @@ Parts, one module or folder each:
 * ``effreason.advantages``  RLOO, GRPO and Dr. GRPO advantages.
 * ``effreason.losses``      the packed per-token PPO policy loss, KL terms and aggregation modes.
 * ``effreason.ops``         fused log-prob / policy-loss ops and their pure-torch reference.
-* ``effreason.sampler``     the paged-KV sampler.
-* ``effreason.train``       ``python -m effreason.train``.
+* ``effreason.sampler``     the paged-KV sampler (k completions per prompt on the trainer's own weights).
+* ``effreason.tasks``       the built-in miniature task and the paper's prompt; ``effreason.warmstart``
+                            its shipped "verbose reasoner" (``python -m effreason.warmstart`` rebuilds it).
+* ``effreason.train``       ``python -m effreason.train``: the paper's RLOO with the length-penalised reward.
+* ``effreason.baselines``   rejection-sampling SFT and DPO (``python -m effreason.train --method ...``).
+* ``effreason.grading``     answer extraction and math-verify grading; ``effreason.data`` dataset loaders.
+* ``effreason.eval``        ``python -m effreason.eval``; ``effreason.sweep``: ``python -m effreason.sweep``.
+* ``effreason.models``      loading Hugging Face checkpoints and run folders.
 
 ``effreason.backends()`` says which optional backends (native extension, CUDA, Triton) were found.
 """

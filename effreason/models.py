@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -70,17 +71,25 @@ def load_checkpoint(path: str | Path, *, device: str = "auto", dtype: str = "aut
     return model, tokenizer, folder
 
 
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load_tokenizer(folder: Path):
     """The tokenizer saved in ``folder``, exactly as saved.
 
-    With a ``tokenizer.json`` it is loaded as a plain fast tokenizer: transformers 5's
-    ``AutoTokenizer`` replaces it by the model type's registered class (``Qwen2Tokenizer`` for
-    any Qwen2 checkpoint), which rebuilds the pre-tokenizer and garbles a custom vocabulary such
-    as the built-in warm start's. Other folders go through ``AutoTokenizer``.
+    A plain ``tokenizer.json`` tokenizer (``tokenizer_class`` TokenizersBackend or
+    PreTrainedTokenizerFast, as the built-in warm start and the tests save) is loaded as such:
+    transformers 5's ``AutoTokenizer`` would rebuild it as the model family's registered class
+    (``Qwen2Tokenizer`` for any qwen2 config), whose pre-tokenizer garbles a custom vocabulary.
+    Every other tokenizer (a real Qwen or Llama checkpoint's) goes through ``AutoTokenizer``.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if (Path(folder) / "tokenizer.json").is_file():
+    folder = Path(folder)
+    settings_file = folder / "tokenizer_config.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    generic = settings.get("tokenizer_class", "PreTrainedTokenizerFast") in GENERIC_TOKENIZER_CLASSES
+    if generic and (folder / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
 

@@ -41,7 +41,7 @@ from effreason.tasks.prompting import encode_prompt
 from effreason.train.config import TrainConfig
 from effreason.train.data import build_task
 from effreason.train.evaluate import evaluate_policy, format_table, summarise
-from effreason.train.loop import _step_seed, default_run_dir, seed_everything, warmup_then_constant
+from effreason.train.loop import step_seed, default_run_dir, seed_everything, warmup_then_constant
 from effreason.train.packing import MicroBatch, build_micro_batch, plan_micro_batches
 from effreason.train.rollout import RolloutEngine, SamplingParams
 from effreason.train.step import packed_hidden_states, token_logprob_op
@@ -245,7 +245,7 @@ def sample_groups(session: Session, step: int) -> tuple[list[SampledGroup], dict
     prompts = [encode_prompt(problem.question, tokenizer) for problem in problems]
     params = SamplingParams(n=config.group_size, temperature=config.temperature, top_p=config.top_p,
                             max_tokens=config.max_new_tokens, stop_token_ids=session.stop_token_ids,
-                            seed=_step_seed(config.seed, step, 0))
+                            seed=step_seed(config.seed, step, 0))
     started = time.perf_counter()
     completions = session.engine.generate(prompts, params)
     rollout_s = time.perf_counter() - started

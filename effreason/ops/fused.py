@@ -265,11 +265,12 @@ def _ppo_setup_context(ctx, inputs, output):
 
 
 def _scale(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
-    """``grad * grad_loss``; in eager mode in place, so no second (V, H) tensor is ever allocated
-    (the saved tensor is released right after backward and autograd takes it as ``.grad``).
-    Traced graphs (torch.compile, AOT; tensor subclasses) get the out-of-place product."""
-    if type(grad) is torch.Tensor and not torch.compiler.is_compiling():
-        return grad.mul_(grad_loss.to(grad.dtype))
+    """``grad * grad_loss``. In eager mode with the usual ``grad_loss == 1`` (``loss.backward()``)
+    the saved tensor itself is returned: it is released right after this backward and autograd
+    takes it as ``.grad``, so no second (V, H) tensor is allocated (one host sync to read the
+    scalar). Traced graphs (torch.compile, AOT; tensor subclasses) always multiply."""
+    if type(grad) is torch.Tensor and not torch.compiler.is_compiling() and grad_loss.item() == 1.0:
+        return grad
     return grad * grad_loss.to(grad.dtype)
 
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 class AlphaController:
     target_ratio: float
     alpha: float
-    gain: float = 0.5
+    gain: float = 0.1
     smoothing: float = 0.7
     reference_length: float | None = None
     smoothed_length: float | None = None

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from effreason.models import load_tokenizer
 from effreason.tasks.prompting import encode_prompt
 from effreason.train import checkpoint as checkpoints
 from effreason.train import distributed
@@ -94,25 +95,8 @@ def load_policy(path: str | None, *, device, dtype):
     return model, tokenizer
 
 
-GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
-
-
-def load_tokenizer(folder: Path):
-    """The checkpoint's tokenizer. A plain ``tokenizer.json`` tokenizer (``tokenizer_class``
-    TokenizersBackend / PreTrainedTokenizerFast, as the warm start and the tests save) is loaded
-    as such: ``AutoTokenizer`` would rebuild it as the model family's tokenizer (Qwen2's BPE for a
-    qwen2 config in transformers 5) and encode differently."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    settings_file = folder / "tokenizer_config.json"
-    settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
-    if settings.get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES:
-        return PreTrainedTokenizerFast.from_pretrained(folder)
-    return AutoTokenizer.from_pretrained(folder)
-
-
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (sampling has its own per-step seeds, see ``_step_seed``)."""
+    """Seed python, numpy and torch (sampling has its own per-step seeds, see ``step_seed``)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -283,7 +267,7 @@ class Trainer:
         started = time.perf_counter()
         params = SamplingParams(n=config.group_size, temperature=config.temperature, top_p=config.top_p,
                                 max_tokens=config.max_new_tokens, stop_token_ids=self.stop_token_ids,
-                                seed=_step_seed(config.seed, state["step"], self.context.rank))
+                                seed=step_seed(config.seed, state["step"], self.context.rank))
         with distributed.gathered_for_sampling(self.policy, self.context):
             groups = self.engine.generate(prompts, params)
         rollout_s = time.perf_counter() - started
@@ -449,7 +433,7 @@ def _set_cpu_threads(model, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
+def step_seed(seed: int, step: int, rank: int) -> int:
     """Sampling seed of one rank's rollout at ``step``: independent of resumption and batching."""
     return (seed * 1_000_003 + step * 1_009 + rank) % (2**31 - 1)
 

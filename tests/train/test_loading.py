@@ -5,7 +5,7 @@ import torch
 
 from effreason.train.loop import load_policy
 
-from conftest import CHARS, SPECIAL
+from train_helpers import CHARS, SPECIAL
 
 
 def test_plain_tokenizer_is_loaded_as_saved(tiny_model_dir):

@@ -7,7 +7,7 @@ from effreason.ops.reference import ppo_loss, token_logprobs
 from effreason.train.packing import build_micro_batch, plan_micro_batches
 from effreason.train.step import PolicyLoss, micro_batch_share, packed_hidden_states
 
-from conftest import save_tiny_qwen2
+from train_helpers import save_tiny_qwen2
 
 
 def test_plan_keeps_whole_groups_within_budget():

@@ -17,7 +17,7 @@ from effreason.train import TrainingAborted, config_from_args, run
 from effreason.train.__main__ import main
 from effreason.train.step import PolicyLoss
 
-from conftest import tiny_run_flags
+from train_helpers import tiny_run_flags
 
 REPO = Path(__file__).resolve().parents[2]
 
