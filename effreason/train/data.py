@@ -11,12 +11,12 @@ position, so a resumed run continues exactly where it stopped.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from effreason.data.records import read_records
 from effreason.tasks.problem import Problem
 
 QUESTION_KEYS = ("question", "problem", "prompt")
@@ -27,36 +27,11 @@ TOY_TRAIN_POOL = 4096
 
 
 def load_problems(path: str | Path) -> list[Problem]:
-    """Problems of a ``.jsonl`` or ``.parquet`` file; ``ValueError`` naming ``file:line`` on a bad row."""
+    """Problems of a ``.jsonl`` or ``.parquet`` file; ``ValueError`` naming the file and line on a bad row."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"data file not found: {path}")
-    rows = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
-    problems = [_problem_from_row(row, f"{path}:{line}") for line, row in rows]
-    if not problems:
-        raise ValueError(f"{path}: no problems in the file")
-    return problems
-
-
-def _jsonl_rows(path: Path):
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_number}: a row must be a JSON object, got {type(row).__name__}")
-            yield line_number, row
-
-
-def _parquet_rows(path: Path):
-    import pyarrow.parquet as parquet
-
-    for row_number, row in enumerate(parquet.read_table(path).to_pylist(), start=1):
-        yield row_number, row
+    return [_problem_from_row(row, f"{path} line {line}") for line, row in read_records(path)]
 
 
 def _first_present(row: dict, keys: tuple[str, ...]):

@@ -40,7 +40,7 @@ def test_rows_become_problems(tmp_path):
 )
 def test_bad_rows_name_file_and_line(tmp_path, line, message):
     path = _write(tmp_path / "bad.jsonl", [json.dumps({"question": "ok", "answer": "1"}), line])
-    with pytest.raises(ValueError, match=rf"bad\.jsonl:2: .*{message}"):
+    with pytest.raises(ValueError, match=rf"bad\.jsonl line 2: .*{message}"):
         load_problems(path)
 
 
@@ -50,14 +50,14 @@ def test_parquet_rows_are_numbered(tmp_path):
 
     table = pyarrow.table({"question": ["a", "b", "c"], "answer": ["1", None, "3"]})
     parquet.write_table(table, tmp_path / "d.parquet")
-    with pytest.raises(ValueError, match=r"d\.parquet:2: missing answer"):
+    with pytest.raises(ValueError, match=r"d\.parquet line 2: missing answer"):
         load_problems(tmp_path / "d.parquet")
 
 
 def test_missing_or_empty_file(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         load_problems(tmp_path / "nope.jsonl")
-    with pytest.raises(ValueError, match="no problems"):
+    with pytest.raises(ValueError, match="empty file"):
         load_problems(_write(tmp_path / "empty.jsonl", [""]))
 
 
