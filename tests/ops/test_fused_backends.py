@@ -13,8 +13,6 @@ bf16 paths at most 2x the error of plain bf16 torch (the reference run in bf16) 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -421,11 +419,7 @@ def test_torch_compile_graphs_through_the_ops():
 
 
 @pytest.mark.skipif(GPU or os.environ.get("TRITON_INTERPRET") == "1", reason="triton cases run directly")
-def test_triton_backend_interpreted():
+def test_triton_backend_interpreted(run_triton_cases_interpreted):
     """Run this file's triton cases in a subprocess under TRITON_INTERPRET=1 (CPU CI)."""
     pytest.importorskip("triton")
-    environment = dict(os.environ, TRITON_INTERPRET="1")
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k", "triton"]
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
+    run_triton_cases_interpreted(__file__)

@@ -6,9 +6,6 @@ them in a subprocess with that variable set (it must be set before anything impo
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -104,11 +101,8 @@ triton_usable = _backends.triton_usable_on(DEVICE)
 
 
 @pytest.mark.skipif(triton_usable or not _backends.has_triton(), reason="the triton cases run directly")
-def test_triton_cases_under_the_interpreter():
-    environment = dict(os.environ, TRITON_INTERPRET="1")
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "triton"]
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+def test_triton_cases_under_the_interpreter(run_triton_cases_interpreted):
+    run_triton_cases_interpreted(__file__)
 
 
 @pytest.mark.skipif(not triton_usable, reason="Triton unusable here (no GPU and no TRITON_INTERPRET=1)")
