@@ -195,8 +195,10 @@ def _cell(value: float | None) -> str:
 
 
 def pareto_points(reports: dict[str, dict]) -> list[dict]:
+    """One plot point per (model, dataset); the trained models form the joined ``alpha`` series."""
     return [
-        {"label": name, "dataset": label, "accuracy": metrics["accuracy"], "mean_tokens": metrics["mean_tokens"]}
+        {"label": name, "dataset": label, "accuracy": metrics["accuracy"], "mean_tokens": metrics["mean_tokens"],
+         "series": "alpha" if name.startswith("alpha=") else None}
         for name, report in reports.items()
         for label, metrics in report["datasets"].items()
     ]

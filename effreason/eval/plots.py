@@ -12,9 +12,10 @@ from pathlib import Path
 def plot_tradeoff(points: list[dict], path: str | Path, *, reference: str | None = None, title: str = "") -> None:
     """Save a figure of ``accuracy`` (%) against ``mean_tokens``, one panel per dataset.
 
-    ``points``: ``{"label", "dataset", "accuracy", "mean_tokens"}`` dicts (accuracy in [0, 1]);
-    points of one dataset are joined in the order given. The point labelled ``reference`` is
-    drawn as a star.
+    ``points``: ``{"label", "dataset", "accuracy", "mean_tokens"}`` dicts (accuracy in [0, 1]),
+    optionally with a ``"series"`` name: the points of one series (e.g. the alpha sweep) are
+    joined by a line in the order given, other points stand alone. The point labelled
+    ``reference`` is drawn as a star.
     """
     if not points:
         raise ValueError("points must not be empty")
@@ -40,12 +41,15 @@ def plot_tradeoff(points: list[dict], path: str | Path, *, reference: str | None
 def _draw_panel(axis, points: list[dict], reference: str | None) -> None:
     tokens = [point["mean_tokens"] for point in points]
     accuracy = [100 * point["accuracy"] for point in points]
-    axis.plot(tokens, accuracy, color="0.7", zorder=1)
-    for point, x, y in zip(points, tokens, accuracy):
+    for series in dict.fromkeys(point.get("series") for point in points if point.get("series")):
+        members = [index for index, point in enumerate(points) if point.get("series") == series]
+        axis.plot([tokens[i] for i in members], [accuracy[i] for i in members], color="0.7", zorder=1)
+    for index, (point, x, y) in enumerate(zip(points, tokens, accuracy)):
         is_reference = point["label"] == reference
-        axis.scatter([x], [y], marker="*" if is_reference else "o", s=160 if is_reference else 40,
-                     color="tab:red" if is_reference else "tab:blue", zorder=2)
-        axis.annotate(point["label"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        color = "tab:red" if is_reference else "tab:blue" if point.get("series") else "tab:gray"
+        axis.scatter([x], [y], marker="*" if is_reference else "o", s=160 if is_reference else 40, color=color, zorder=2)
+        label_offset = (5, 5) if index % 2 == 0 else (5, -11)  # alternate so neighbours' labels do not overlap
+        axis.annotate(point["label"], (x, y), textcoords="offset points", xytext=label_offset, fontsize=8)
     axis.set_xlabel("mean response tokens")
     axis.set_ylabel("accuracy (%)")
     axis.grid(alpha=0.3)
