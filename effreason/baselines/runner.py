@@ -44,7 +44,8 @@ from effreason.train.evaluate import evaluate_policy, format_table, summarise
 from effreason.train.loop import step_seed, default_run_dir, seed_everything, warmup_then_constant
 from effreason.train.packing import MicroBatch, build_micro_batch, plan_micro_batches
 from effreason.train.rollout import RolloutEngine, SamplingParams
-from effreason.train.step import packed_hidden_states, token_logprob_op
+from effreason.ops import fused_logprobs
+from effreason.train.step import packed_hidden_states
 
 
 # ------------------------------------------------------------------------------ samples
@@ -147,7 +148,7 @@ def sequence_logprobs(model, batch: MicroBatch) -> torch.Tensor:
     never exist; differentiable.
     """
     hidden = packed_hidden_states(model, batch)  # (N, H)
-    token_logprobs = token_logprob_op()(hidden, model.lm_head.weight, batch.targets, 1.0)  # (N,)
+    token_logprobs = fused_logprobs(hidden, model.lm_head.weight, batch.targets, 1.0)  # (N,)
     return segment_sum(token_logprobs.float(), batch.cu_seqlens)  # (S,)
 
 

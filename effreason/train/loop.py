@@ -175,7 +175,7 @@ class Trainer:
         if resume_from is not None:
             self._restore(resume_from)
         self.controller = self._controller()
-        self.log(f"effreason.train: {self.task.name} task, rollouts via {self.engine.backend}, loss via {self.policy_module.ops_name} ops, "
+        self.log(f"effreason.train: {self.task.name} task, rollouts via {self.engine.backend}, loss via fused ops, "
                  f"{self.context.world_size} process(es) on {self.device}, run folder {self.run_dir}")
 
     @property

@@ -15,29 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from effreason.ops import fused_logprobs, fused_policy_loss, fused_ppo_loss
 from effreason.train.packing import MicroBatch
-
-
-def loss_ops():
-    """``(policy_loss, ppo_loss, name)``: the fused ops of ``effreason.ops`` when present, else the reference."""
-    try:
-        from effreason.ops import fused_policy_loss, fused_ppo_loss
-    except ImportError:
-        from effreason.ops.reference import policy_loss, ppo_loss
-
-        return policy_loss, ppo_loss, "reference"
-    return fused_policy_loss, fused_ppo_loss, "fused"
-
-
-def token_logprob_op():
-    """``effreason.ops.fused_logprobs`` when present, else the reference ``token_logprobs``."""
-    try:
-        from effreason.ops import fused_logprobs
-    except ImportError:
-        from effreason.ops.reference import token_logprobs
-
-        return token_logprobs
-    return fused_logprobs
 
 
 class PolicyLoss(torch.nn.Module):
@@ -55,16 +34,15 @@ class PolicyLoss(torch.nn.Module):
         self.paper_objective = paper_objective
         self.loss_options = loss_options
         self.temperature = temperature
-        self.policy_op, self.ppo_op, self.ops_name = loss_ops()
 
     def forward(self, batch: MicroBatch, alpha: float, ref_logprobs: torch.Tensor | None = None):
         hidden = packed_hidden_states(self.model, batch)  # (N, H)
         weight = self.model.lm_head.weight  # (V, H)
         options = dict(self.loss_options, old_logprobs=batch.old_logprobs, ref_logprobs=ref_logprobs, temperature=self.temperature)
         if self.paper_objective and batch.whole_groups:
-            return self.policy_op(hidden, weight, batch.targets, batch.cu_seqlens, batch.correct,
-                                  group_size=self.group_size, alpha=alpha, **options)
-        return self.ppo_op(hidden, weight, batch.targets, batch.cu_seqlens, batch.advantages, **options)
+            return fused_policy_loss(hidden, weight, batch.targets, batch.cu_seqlens, batch.correct,
+                                     group_size=self.group_size, alpha=alpha, **options)
+        return fused_ppo_loss(hidden, weight, batch.targets, batch.cu_seqlens, batch.advantages, **options)
 
 
 def packed_hidden_states(model, batch: MicroBatch) -> torch.Tensor:
@@ -77,7 +55,7 @@ def packed_hidden_states(model, batch: MicroBatch) -> torch.Tensor:
 def reference_logprobs(ref_model, batch: MicroBatch, temperature: float) -> torch.Tensor:
     """Per-token log-probs (N,) of the frozen reference model on the batch's response tokens."""
     hidden = packed_hidden_states(ref_model, batch)
-    return token_logprob_op()(hidden, ref_model.lm_head.weight, batch.targets, temperature).float()
+    return fused_logprobs(hidden, ref_model.lm_head.weight, batch.targets, temperature).float()
 
 
 @dataclass
