@@ -69,7 +69,7 @@ class TrainConfig:
     kl_estimator: str = _option("k3", "KL estimator", choices=KL_ESTIMATORS)
     kl_in_reward: bool = _option(False, "subtract the KL from the per-token reward (the paper's) instead of adding it to the loss")
     tis_cap: float = _option(0.0, "truncated importance-sampling correction for sampler/trainer mismatch: cap C of the per-sequence weight (0 = off)")
-    rollout_backend: str = _option("auto", "rollout engine: the paged sampler, HF generate(), or auto (the sampler when importable)", choices=ROLLOUT_BACKENDS)
+    rollout_backend: str = _option("auto", "rollout engine: the paged sampler (auto, sampler) or HF generate() (hf, slower; a cross-check)", choices=ROLLOUT_BACKENDS)
     micro_batch_tokens: int = _option(8192, "token budget of one packed micro-batch (padded tokens)")
 
     eval_problems: int = _option(504, "held-out problems of the before/after evaluation (0 = skip)")

@@ -2,42 +2,17 @@
 
 ``RolloutEngine.generate(prompt_ids, params) -> list[list[Completion]]`` wraps the paged-KV
 sampler (``effreason.sampler.Sampler``), which runs on the model's own parameters, so no
-weight sync is needed after an optimizer step. When the sampler package is not importable the
-same interface is served by Hugging Face ``generate()`` (slower; one place to swap).
+weight sync is needed after an optimizer step. ``backend="hf"`` serves the same interface
+through Hugging Face ``generate()`` (slower; a cross-check of the sampler).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from effreason.sampler.params import SamplingParams
+from effreason.sampler import Completion, Sampler, SamplingParams
 
 __all__ = ["Completion", "RolloutEngine", "SamplingParams"]
-
-
-@dataclass
-class Completion:
-    """One sampled response.
-
-    ``logprobs``: log-prob of each token under the distribution it was sampled from (after
-    top-p/top-k). ``trainer_logprobs``: ``log_softmax(logits / temperature)[token]``, the
-    policy the loss optimises (PPO's old log-probs). ``finish_reason``: ``"stop"`` or ``"length"``.
-    """
-
-    token_ids: list[int]
-    logprobs: list[float]
-    trainer_logprobs: list[float]
-    finish_reason: str
-
-
-def _paged_sampler_class():
-    try:
-        from effreason.sampler import Sampler
-    except ImportError:
-        return None
-    return Sampler
 
 
 class RolloutEngine:
@@ -49,10 +24,7 @@ class RolloutEngine:
         self.model = model
         self.pad_token_id = pad_token_id
         self.max_batch_prompts = max_batch_prompts
-        sampler_class = _paged_sampler_class() if backend != "hf" else None
-        if backend == "sampler" and sampler_class is None:
-            raise ValueError("backend: 'sampler' requested but effreason.sampler.Sampler is not importable")
-        self.sampler = sampler_class(model) if sampler_class is not None else None
+        self.sampler = None if backend == "hf" else Sampler(model)
 
     @property
     def backend(self) -> str:
@@ -65,7 +37,7 @@ class RolloutEngine:
         self.model.eval()
         try:
             if self.sampler is not None:
-                return [[_as_completion(c) for c in group] for group in self.sampler.generate(prompt_ids, params)]
+                return self.sampler.generate(prompt_ids, params)
             results = []
             for start in range(0, len(prompt_ids), self.max_batch_prompts):
                 chunk = prompt_ids[start:start + self.max_batch_prompts]
@@ -73,15 +45,6 @@ class RolloutEngine:
             return results
         finally:
             self.model.train(was_training)
-
-
-def _as_completion(completion) -> Completion:
-    return Completion(
-        token_ids=list(completion.token_ids),
-        logprobs=[float(x) for x in completion.logprobs],
-        trainer_logprobs=[float(x) for x in completion.trainer_logprobs],
-        finish_reason=completion.finish_reason,
-    )
 
 
 def _left_padded(prompt_ids: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
