@@ -137,6 +137,18 @@ def check_clip_eps(clip_eps) -> tuple[float, float]:
     return low, high
 
 
+def check_kl_options(kl_coef, kl_estimator, kl_in_reward, old_logprobs, ref_logprobs) -> None:
+    """Validate the KL options of ``policy_loss`` (and of the fused ops that mirror it)."""
+    if kl_coef < 0:
+        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
+    if kl_coef > 0 and ref_logprobs is None:
+        raise ValueError("ref_logprobs is required when kl_coef > 0")
+    if kl_coef > 0 and kl_in_reward and old_logprobs is None:
+        raise ValueError("kl_in_reward needs old_logprobs (the KL enters the reward at sampling time)")
+
+
 def _check_token_tensor(name: str, tensor: torch.Tensor | None, num_tokens: int) -> None:
     if tensor is not None:
         check_vector(name, tensor, length=num_tokens)
@@ -186,13 +198,8 @@ def policy_loss(
     for name, tensor in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs), ("token_mask", token_mask)):
         _check_token_tensor(name, tensor, num_tokens)
     clip_eps = check_clip_eps(clip_eps)
-    if kl_coef < 0:
-        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+    check_kl_options(kl_coef, kl_estimator, kl_in_reward, old_logprobs, ref_logprobs)
     use_kl = kl_coef > 0
-    if use_kl and ref_logprobs is None:
-        raise ValueError("ref_logprobs is required when kl_coef > 0")
-    if use_kl and kl_in_reward and old_logprobs is None:
-        raise ValueError("kl_in_reward needs old_logprobs (the KL enters the reward at sampling time)")
 
     compute_dtype = torch.promote_types(logprobs.dtype, torch.float32)
     logprobs = logprobs.to(compute_dtype)

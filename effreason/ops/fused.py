@@ -318,7 +318,7 @@ def fused_ppo_loss(
         hidden, cu_seqlens, advantages, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, token_mask=token_mask
     )
     clip_low, clip_high = losses.check_clip_eps(clip_eps)
-    _check_kl_options(kl_coef, kl_estimator, kl_in_reward, old_logprobs, ref_logprobs)
+    losses.check_kl_options(kl_coef, kl_estimator, kl_in_reward, old_logprobs, ref_logprobs)
     temperature = _check_temperature(temperature)
     backend = resolve_backend(backend, hidden.device)
 
@@ -356,17 +356,6 @@ def _check_packed_inputs(hidden, cu_seqlens, advantages, *, old_logprobs, ref_lo
     if token_mask is not None:
         check_bool("token_mask", token_mask)
     return vectors
-
-
-def _check_kl_options(kl_coef, kl_estimator, kl_in_reward, old_logprobs, ref_logprobs) -> None:
-    if kl_coef < 0:
-        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
-    if kl_estimator not in losses.KL_ESTIMATORS:
-        raise ValueError(f"kl_estimator must be one of {losses.KL_ESTIMATORS}, got {kl_estimator!r}")
-    if kl_coef > 0 and ref_logprobs is None:
-        raise ValueError("ref_logprobs is required when kl_coef > 0")
-    if kl_coef > 0 and kl_in_reward and old_logprobs is None:
-        raise ValueError("kl_in_reward needs old_logprobs (the KL enters the reward at sampling time)")
 
 
 def _mean_stats(stat_sums: torch.Tensor, num_kept_tokens: int) -> dict:
