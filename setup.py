@@ -78,13 +78,15 @@ def _native_extensions():
         and cpp_extension.CUDA_HOME is not None
         and shutil.which(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")) is not None
     )
-    cxx_flags = ["-O3", "-std=c++20"]
+    # -fopenmp: at::parallel_for is an OpenMP pragma in ATen's headers; without it the CPU ops run serially
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     if with_cuda:
         extension = cpp_extension.CUDAExtension(
             name="effreason._C",
             sources=cpu_sources + cuda_sources,
             include_dirs=[os.path.abspath("csrc")],
             define_macros=[("EFFREASON_WITH_CUDA", "1")],
+            extra_link_args=["-fopenmp"],
             extra_compile_args={
                 "cxx": cxx_flags,
                 "nvcc": ["-O3", "-std=c++17", "-lineinfo"] + _cuda_gencode_flags(),
@@ -96,6 +98,7 @@ def _native_extensions():
             sources=cpu_sources,
             include_dirs=[os.path.abspath("csrc")],
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
         )
     print(f"effreason: building effreason._C ({'CPU + CUDA' if with_cuda else 'CPU'})", file=sys.stderr)
     return [extension], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}

@@ -3,7 +3,7 @@
     token[b] = argmax_v (log_probs[b, v] - log(-log U[b, v]))
 
 with the counter-based uniforms of ``effreason.sampler.sampling.uniform_noise``:
-``U[b, v] = (top 24 bits of mix64(row[b] + G*v) + 0.5) / 2^24``, ``row[b] = mix64(key[b] * G + step[b])``
+``U[b, v] = (top 23 bits of mix64(row[b] + G*v) + 0.5) / 2^23``, ``row[b] = mix64(key[b] * G + step[b])``
 (SplitMix64 finaliser, Steele et al. 2014; Gumbel-max trick, Gumbel 1954 / Maddison et al. 2014).
 The torch version makes ~20 elementwise passes over (B, V) int64 / float32 temporaries; here the noise
 lives in registers and each row keeps a running (max, argmax), so the only (B, V) traffic is one read
@@ -43,7 +43,7 @@ def _gumbel_argmax_kernel(log_probs_ptr, rows_ptr, out_ptr, vocab_size, stride_r
         valid = columns < vocab_size
         log_probs = tl.load(log_probs_ptr + row * stride_row + columns, mask=valid, other=float("-inf"))
         bits = _mix64(row_key + columns.to(tl.uint64) * 0x9E3779B97F4A7C15)
-        uniform = ((bits >> 40).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+        uniform = ((bits >> 41).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
         score = tl.where(valid, log_probs.to(tl.float32) - tl.log(-tl.log(uniform)), float("-inf"))
         better = score > best_score  # strict: a lane keeps its earliest column on ties
         best_column = tl.where(better, columns.to(tl.int64), best_column)

@@ -21,6 +21,8 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/vector_math.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define EFFREASON_X86_AVX2 1
@@ -29,14 +31,7 @@
 namespace effreason {
 namespace {
 
-constexpr int kLanes = 8;  // independent partial sums so the compiler vectorises the dot product
-
-// Hot loops, compiled for AVX-512 / AVX2+FMA / baseline x86-64 and picked at load time.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EFFREASON_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define EFFREASON_CPU_CLONES
-#endif
+using cpu::kLanes;
 
 // out[h] = q[h] . key for kHeads query rows q (kHeads, dim): kHeads independent accumulations of kLanes
 // partial sums each, so the FMA chains interleave instead of waiting on one another.
@@ -144,31 +139,9 @@ void tile_scores(const float* q, const float* keys, int64_t rows, int64_t group,
   block_scores(q, keys, rows, group, dim, scores, stride);
 }
 
-// exp(x) for x <= 0 in a loop the compiler vectorises: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2,
-// p the degree-6 Taylor polynomial (relative error < 2e-7); underflows to 0 below -87.
-EFFREASON_CPU_CLONES
-void exp_in_place(float* x, int64_t size) {
-  constexpr float kLog2e = 1.4426950408889634f, kLn2Hi = 0.693145751953125f, kLn2Lo = 1.428606765330187e-06f;
-  for (int64_t i = 0; i < size; ++i) {
-    const float clamped = std::max(x[i], -87.f);
-    const float n = std::nearbyint(clamped * kLog2e);
-    const float r = (clamped - n * kLn2Hi) - n * kLn2Lo;
-    float p = 1.f / 720.f;
-    p = p * r + 1.f / 120.f;
-    p = p * r + 1.f / 24.f;
-    p = p * r + 1.f / 6.f;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(scale));
-    x[i] = x[i] < -87.f ? 0.f : p * scale;
-  }
-}
-
 // Softmax numerator and its sum over one row: row[t] = exp(row[t] - max), returns sum_t row[t].
-// Max and sum keep kLanes partial results so both reductions vectorise without -ffast-math.
+// Max and sum keep kLanes partial results so both reductions vectorise without -ffast-math; the shift,
+// the exponential (csrc/cpu/vector_math.h) and the sum are one pass.
 EFFREASON_CPU_CLONES
 float exp_shifted_sum(float* row, int64_t size) {
   float partial_max[kLanes], partial_sum[kLanes] = {};
@@ -179,13 +152,17 @@ float exp_shifted_sum(float* row, int64_t size) {
   }
   float top = *std::max_element(partial_max, partial_max + kLanes);
   for (; t < size; ++t) top = std::max(top, row[t]);
-  for (t = 0; t < size; ++t) row[t] -= top;
-  exp_in_place(row, size);
   for (t = 0; t + kLanes <= size; t += kLanes) {
-    for (int lane = 0; lane < kLanes; ++lane) partial_sum[lane] += row[t + lane];
+    for (int lane = 0; lane < kLanes; ++lane) {
+      row[t + lane] = cpu::exp_approx(row[t + lane] - top);
+      partial_sum[lane] += row[t + lane];
+    }
   }
   float total = 0.f;
-  for (; t < size; ++t) total += row[t];
+  for (; t < size; ++t) {
+    row[t] = cpu::exp_approx(row[t] - top);
+    total += row[t];
+  }
   for (int lane = 0; lane < kLanes; ++lane) total += partial_sum[lane];
   return total;
 }
@@ -333,19 +310,29 @@ Shapes check_inputs(const at::Tensor& query, const at::Tensor& k_cache, const at
   return {num_seqs, query.size(1), k_cache.size(1), query.size(1) / k_cache.size(1), query.size(2), k_cache.size(2)};
 }
 
+// Every context length in [1, max_blocks * block_size], and every block a sequence reads in
+// [0, num_blocks): one serial pass over the int32 tables (a few hundred entries at decode).
+void check_ranges(const at::Tensor& tables, const at::Tensor& lens, int64_t block_size, int64_t num_blocks) {
+  const int32_t* table_ptr = tables.data_ptr<int32_t>();
+  const int32_t* len_ptr = lens.data_ptr<int32_t>();
+  const int64_t max_blocks = tables.size(1);
+  for (int64_t seq = 0; seq < lens.size(0); ++seq) {
+    TORCH_CHECK_VALUE(len_ptr[seq] >= 1 && len_ptr[seq] <= max_blocks * block_size,
+                      "context_lens must be in [1, max_blocks * block_size]");
+    const int32_t* table = table_ptr + seq * max_blocks;
+    for (int64_t index = 0; index * block_size < len_ptr[seq]; ++index) {
+      TORCH_CHECK_VALUE(table[index] >= 0 && table[index] < num_blocks,
+                        "block_tables entries must be in [0, num_blocks)");
+    }
+  }
+}
+
 at::Tensor paged_attention_decode_cpu(const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                       const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
   const Shapes shapes = check_inputs(query, k_cache, v_cache, block_tables, context_lens);
   const at::Tensor tables = block_tables.to(at::kInt).contiguous();
   const at::Tensor lens = context_lens.to(at::kInt).contiguous();
-  const int64_t max_tokens = tables.size(1) * shapes.block_size;
-  if (shapes.num_seqs > 0) {
-    TORCH_CHECK_VALUE(lens.min().item<int32_t>() >= 1 && lens.max().item<int64_t>() <= max_tokens,
-                      "context_lens must be in [1, max_blocks * block_size]");
-    TORCH_CHECK_VALUE(tables.numel() == 0 || (tables.min().item<int32_t>() >= 0 &&
-                                              tables.max().item<int64_t>() < k_cache.size(0)),
-                      "block_tables entries must be in [0, num_blocks)");
-  }
+  check_ranges(tables, lens, shapes.block_size, k_cache.size(0));
   const at::Tensor q = query.stride(2) == 1 ? query : query.contiguous();
   at::Tensor out = at::empty(query.sizes(), query.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "paged_attention_decode_cpu", [&] {

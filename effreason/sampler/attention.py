@@ -32,7 +32,7 @@ from effreason import _backends
 class AttentionMetadata:
     """Per-step tensors shared by every layer.
 
-    * ``write_index`` (N * Hkv,): row of ``cache.view(-1, head_dim)`` receiving token n, KV head h.
+    * ``slot_mapping`` (N,) int64: cache slot ``block * block_size + row`` receiving token n.
     * prefill: ``seq_bounds`` python ``[(start, end)]`` of each sequence in the packed tokens,
       ``cu_seqlens`` (S + 1,) int32 and ``max_seqlen`` for varlen kernels.
     * decode: ``block_tables`` (B, max_blocks) int32, ``context_lens`` (B,) int32, and for the
@@ -40,7 +40,7 @@ class AttentionMetadata:
     """
 
     is_prefill: bool
-    write_index: torch.Tensor
+    slot_mapping: torch.Tensor
     seq_bounds: list[tuple[int, int]] | None = None
     cu_seqlens: torch.Tensor | None = None
     max_seqlen: int = 0
@@ -50,23 +50,13 @@ class AttentionMetadata:
     padding_mask: torch.Tensor | None = None
 
 
-def write_index(slot_mapping: torch.Tensor, num_kv_heads: int, block_size: int) -> torch.Tensor:
-    """Rows of ``cache.view(-1, head_dim)`` for each (token, KV head): ``((b * Hkv + h) * bs + r)``.
-
-    ``slot_mapping`` (N,) holds ``block * block_size + row`` of each token. Returns (N * Hkv,).
-    """
-    block = torch.div(slot_mapping, block_size, rounding_mode="floor")
-    row = slot_mapping - block * block_size
-    heads = torch.arange(num_kv_heads, device=slot_mapping.device)
-    return ((block[:, None] * num_kv_heads + heads[None, :]) * block_size + row[:, None]).reshape(-1)
-
-
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-             index: torch.Tensor) -> None:
-    """Store ``key, value`` (N, Hkv, D) at the cache rows ``index`` (from ``write_index``)."""
-    head_dim = key.shape[-1]
-    k_cache.view(-1, head_dim).index_copy_(0, index, key.reshape(-1, head_dim))
-    v_cache.view(-1, head_dim).index_copy_(0, index, value.reshape(-1, head_dim))
+             slot_mapping: torch.Tensor) -> None:
+    """Store ``key, value`` (N, Hkv, D) at cache slots ``slot_mapping`` (N,): block ``s // bs``, row ``s % bs``."""
+    block_size = k_cache.shape[2]
+    block, row = slot_mapping // block_size, slot_mapping % block_size
+    k_cache[block, :, row] = key  # advanced indices around a slice: the indexed view is (N, Hkv, D)
+    v_cache[block, :, row] = value
 
 
 def gather_index(block_tables: torch.Tensor, num_kv_heads: int) -> torch.Tensor:

@@ -54,7 +54,7 @@ class DecodeGraphs:
         def run() -> torch.Tensor:
             meta = attention.AttentionMetadata(
                 is_prefill=False, block_tables=self.tables[:size], context_lens=self.context_lens[:size],
-                write_index=attention.write_index(self.slots[:size], model.num_kv_heads, self.block_size))
+                slot_mapping=self.slots[:size])
             return model.forward(self.input_ids[:size], self.positions[:size], self.kv_cache, meta, self.backend)
 
         stream = torch.cuda.Stream()

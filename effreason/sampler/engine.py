@@ -262,7 +262,7 @@ class _Run:
         ends = torch.tensor(lengths).cumsum(0)
         bounds = list(zip((ends - torch.tensor(lengths)).tolist(), ends.tolist()))
         meta = attention.AttentionMetadata(
-            is_prefill=True, write_index=attention.write_index(slots, model.num_kv_heads, self.sampler.block_size),
+            is_prefill=True, slot_mapping=slots,
             seq_bounds=bounds, cu_seqlens=torch.cat([ends.new_zeros(1), ends]).to(device, torch.int32),
             max_seqlen=max(lengths))
         hidden = model.forward(input_ids, positions, self.sampler.kv_cache, meta, self.sampler.backend)
@@ -288,7 +288,7 @@ class _Run:
         slots = self._slots(tables.long(), positions)
         context_lens = (positions + 1).to(torch.int32)
         meta = attention.AttentionMetadata(
-            is_prefill=False, write_index=attention.write_index(slots, model.num_kv_heads, block_size),
+            is_prefill=False, slot_mapping=slots,
             block_tables=tables, context_lens=context_lens)
         if self.sampler.backend == "torch":
             meta.gather_index = attention.gather_index(tables, model.num_kv_heads)

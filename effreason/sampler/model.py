@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from effreason.sampler import attention
+from effreason.sampler import attention, fused_cpu
 from effreason.sampler.attention import AttentionMetadata
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
@@ -33,6 +33,8 @@ def _rms_norm(x: torch.Tensor, norm: torch.nn.Module, eps: float) -> torch.Tenso
 
     Low precision follows HF's rounding order: normalise in float32, round, then multiply.
     """
+    if fused_cpu.usable(x):
+        return fused_cpu.rms_norm(x, norm.weight, eps)
     if x.dtype == torch.float32:
         return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
     return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
@@ -51,6 +53,13 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return out
 
 
+def _swiglu(gate: torch.Tensor, up: torch.Tensor, mlp: torch.nn.Module, act: str) -> torch.Tensor:
+    """``act(gate) * up``, into ``gate`` (both fresh projections this forward owns)."""
+    if act == "silu" and fused_cpu.usable(gate):
+        return fused_cpu.silu_mul_(gate, up)
+    return mlp.act_fn(gate).mul_(up)
+
+
 class PagedModel:
     """Wraps an HF causal LM; ``forward`` runs it over packed tokens with a paged KV cache."""
 
@@ -66,6 +75,7 @@ class PagedModel:
         self.num_kv_heads = config.num_key_value_heads or config.num_attention_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.eps = config.rms_norm_eps
+        self.hidden_act = config.hidden_act
         self.max_model_len = config.max_position_embeddings
         self.scale = self.head_dim ** -0.5
         self._rope_key = None
@@ -104,24 +114,33 @@ class PagedModel:
 
         ``kv_cache`` (layers, 2, num_blocks, Hkv, block_size, D) receives every token's K and V.
         """
-        cos_table, sin_table = self._rope_tables
-        cos = cos_table.index_select(0, positions)[:, None]  # (N, 1, D)
-        sin = sin_table.index_select(0, positions)[:, None]
         hidden = F.embedding(input_ids, self.decoder.embed_tokens.weight)  # (N, hidden)
         for index, layer in enumerate(self.decoder.layers):
-            hidden = self._layer(layer, hidden, cos, sin, kv_cache[index], meta, backend)
+            hidden = self._layer(layer, hidden, positions, kv_cache[index], meta, backend)
         return _rms_norm(hidden, self.decoder.norm, self.eps)
 
-    def _layer(self, layer, hidden, cos, sin, layer_cache, meta, backend):
+    def _rope_and_cache(self, query, key, value, positions, k_cache, v_cache, meta):
+        """RoPE of query (N, H, D) and key (N, Hkv, D) at ``positions``, key and value stored in the
+        cache at ``meta.slot_mapping``; returns the rotated query and key."""
+        if fused_cpu.usable(query):
+            fused_cpu.rope_write_kv(query, key, value, *self._rope_tables, positions, k_cache, v_cache,
+                                    meta.slot_mapping)
+            return query, key
+        cos, sin = (table.index_select(0, positions)[:, None] for table in self._rope_tables)  # (N, 1, D)
+        query, key = _rotate(query, cos, sin), _rotate(key, cos, sin)
+        attention.write_kv(k_cache, v_cache, key, value, meta.slot_mapping)
+        return query, key
+
+    def _layer(self, layer, hidden, positions, layer_cache, meta, backend):
         """One decoder layer; updates ``hidden`` (N, hidden), a tensor this forward owns, in place."""
         num_tokens = hidden.shape[0]
         attn = layer.self_attn
         x = _rms_norm(hidden, layer.input_layernorm, self.eps)
-        query = _rotate(_linear(x, attn.q_proj).view(num_tokens, self.num_heads, self.head_dim), cos, sin)
-        key = _rotate(_linear(x, attn.k_proj).view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)
+        query = _linear(x, attn.q_proj).view(num_tokens, self.num_heads, self.head_dim)
+        key = _linear(x, attn.k_proj).view(num_tokens, self.num_kv_heads, self.head_dim)
         value = _linear(x, attn.v_proj).view(num_tokens, self.num_kv_heads, self.head_dim)
         k_cache, v_cache = layer_cache[0], layer_cache[1]
-        attention.write_kv(k_cache, v_cache, key, value, meta.write_index)
+        query, key = self._rope_and_cache(query, key, value, positions, k_cache, v_cache, meta)
         if meta.is_prefill:
             attended = attention.prefill_attention(query, key, value, meta, self.scale)
         else:
@@ -129,7 +148,7 @@ class PagedModel:
         _add_linear_(hidden, attended.reshape(num_tokens, -1), attn.o_proj)
         x = _rms_norm(hidden, layer.post_attention_layernorm, self.eps)
         mlp = layer.mlp
-        gated = mlp.act_fn(_linear(x, mlp.gate_proj)).mul_(_linear(x, mlp.up_proj))  # (N, intermediate)
+        gated = _swiglu(_linear(x, mlp.gate_proj), _linear(x, mlp.up_proj), mlp, self.hidden_act)  # (N, inter)
         return _add_linear_(hidden, gated, mlp.down_proj)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from effreason import _backends
+from effreason.sampler import fused_cpu
 from effreason.sampler.params import SamplingParams
 
 
@@ -55,14 +56,17 @@ def row_streams(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
 
 
 def uniform_noise(keys: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Uniforms in (0, 1), float32 (B, V): ``(top 24 bits of mix64(row + G*v) + 0.5) / 2^24``.
+    """Uniforms in (0, 1), float32 (B, V): ``(top 23 bits of mix64(row + G*v) + 0.5) / 2^23``.
+
+    23 bits keep ``k + 0.5`` exact in float32, so U lies in [2^-24, 1 - 2^-24]: never 0 or 1, whose
+    Gumbel noise would be infinite (with 24 bits, ``2^24 - 0.5`` rounds to ``2^24`` and U = 1).
 
     ``row = row_streams(keys, steps)`` per sequence, ``keys`` and ``steps`` (B,) int64.
     """
     rows = row_streams(keys, steps)  # (B,)
     columns = torch.arange(vocab_size, device=keys.device, dtype=torch.int64) * _GOLDEN
     bits = mix64(rows[:, None] + columns[None, :])  # (B, V)
-    return _shift_right(bits, 40).float().add_(0.5).mul_(1.0 / (1 << 24))
+    return _shift_right(bits, 41).float().add_(0.5).mul_(1.0 / (1 << 23))
 
 
 def truncate_logits(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -87,8 +91,11 @@ def truncate_logits(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Ten
 def gumbel_argmax(log_probs: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """``argmax_v(log_probs[b, v] - log(-log U[b, v]))`` with ``U = uniform_noise(keys, steps, V)``: (B,) int64.
 
-    On CUDA with Triton, the fused one-pass kernel ``effreason.kernels.gumbel_sampling`` (same numbers).
+    On CUDA with Triton, the fused one-pass kernel ``effreason.kernels.gumbel_sampling`` (same numbers);
+    on the CPU in float32, the native op of ``fused_cpu`` (same uniforms, logs within about 1 ulp).
     """
+    if fused_cpu.usable(log_probs):
+        return fused_cpu.gumbel_argmax(log_probs, keys, steps)
     if log_probs.is_cuda and _backends.has_triton():
         from effreason.kernels.gumbel_sampling import gumbel_argmax as fused_gumbel_argmax
         return fused_gumbel_argmax(log_probs, keys, steps)

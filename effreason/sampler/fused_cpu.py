@@ -1,0 +1,76 @@
+"""Native CPU fusions of the decode step's small ops (``csrc/decode_step``), float32 on the CPU.
+
+At decode sizes (a few hundred rows) a chain of small torch ops costs more in per-op overhead and
+(N, C) temporaries than in arithmetic; each op here does its chain in one parallel pass:
+
+* ``rms_norm(x, weight, eps) = weight * (x * rsqrt(mean(x^2) + eps))``;
+* ``silu_mul_(gate, up)``: ``gate <- silu(gate) * up`` (SwiGLU);
+* ``rope_write_kv``: RoPE of query and key in place, then key and value into their cache slots;
+* ``gumbel_argmax``: the Gumbel-max draw of ``sampling.gumbel_argmax`` (same uniforms, logs within ~1 ulp).
+
+The torch code they replace (``model.py``, ``attention.py``, ``sampling.py``) is the reference and
+runs everywhere else: CUDA, bf16/fp16 on the CPU, or no native build.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from effreason import _backends
+
+
+@functools.lru_cache(maxsize=None)
+def _has_ops() -> bool:
+    return _backends.has_native() and hasattr(torch.ops.effreason, "rope_write_kv")
+
+
+def usable(tensor: torch.Tensor) -> bool:
+    """True when the fused ops can take ``tensor``: float32 on the CPU, native extension built."""
+    return tensor.dtype == torch.float32 and tensor.device.type == "cpu" and _has_ops()
+
+
+if _has_ops():
+    @torch.library.register_fake("effreason::rms_norm")
+    def _rms_norm_fake(x, weight, eps):
+        return x.new_empty(x.shape)  # contiguous, like the op's output
+
+    @torch.library.register_fake("effreason::silu_mul_")
+    def _silu_mul_fake(gate, up):
+        return None
+
+    @torch.library.register_fake("effreason::rope_write_kv")
+    def _rope_write_kv_fake(query, key, value, cos_table, sin_table, positions, k_cache, v_cache, slot_mapping):
+        return None
+
+    @torch.library.register_fake("effreason::gumbel_argmax")
+    def _gumbel_argmax_fake(log_probs, keys, steps):
+        return log_probs.new_empty(log_probs.shape[0], dtype=torch.int64)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``weight * (x * rsqrt(mean(x^2, -1) + eps))`` of rows x (N, C)."""
+    return torch.ops.effreason.rms_norm(x, weight, eps)
+
+
+def silu_mul_(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``gate <- silu(gate) * up`` in place (contiguous, one shape); returns ``gate``."""
+    torch.ops.effreason.silu_mul_(gate, up)
+    return gate
+
+
+def rope_write_kv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cos_table: torch.Tensor,
+                  sin_table: torch.Tensor, positions: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  slot_mapping: torch.Tensor) -> None:
+    """Rotate query (N, H, D) and key (N, Hkv, D) in place by RoPE at ``positions`` (rows of the (P, D)
+    tables), then store key and value at ``slot_mapping`` (distinct ``block * block_size + row``) of the caches.
+
+    Positions and slots are checked before anything is written."""
+    torch.ops.effreason.rope_write_kv(query, key, value, cos_table, sin_table, positions, k_cache, v_cache,
+                                      slot_mapping)
+
+
+def gumbel_argmax(log_probs: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """``argmax_v(log_probs[b, v] - log(-log U[b, v]))``, ``U = sampling.uniform_noise(keys, steps, V)``: (B,)."""
+    return torch.ops.effreason.gumbel_argmax(log_probs, keys, steps)

@@ -1,0 +1,295 @@
+"""Native CPU decode-step ops (``effreason.sampler.fused_cpu``, float32 only) vs the torch code they replace.
+
+* ``rms_norm`` vs ``w * x / sqrt(mean(x^2) + eps)`` in float64 and vs ``F.rms_norm`` in float32;
+* ``silu_mul_`` vs ``silu(gate) * up`` in float64, in place, finite for |gate| up to 1e4;
+* ``rope_write_kv`` vs ``model._rotate`` on the gathered cos/sin rows, then ``attention.write_kv``: q/k
+  rotated in place (nothing else in their buffers touched), value cache bit for bit, other slots unchanged;
+* ``gumbel_argmax`` vs the torch formula over ``sampling.uniform_noise``: the same tokens (the native logs
+  agree to about 1 ulp), masked (-inf) tokens never drawn, reproducible;
+* bad input raises ValueError; every op passes ``torch.library.opcheck``.
+
+Two regression tests pin fixed bugs: ``uniform_noise`` returned exactly 1.0 once in 2^24 draws (a masked
+token was then drawn by torch, not natively), and the fake ``rms_norm`` kept a non-contiguous input's strides.
+
+Tolerances (``TOLERANCE``, rtol / atol of the float32 results): 1e-6 / 1e-7 against the float64 formulas
+(``silu_mul_``: atol 1e-30, its exp is clamped where silu(gate) < 1e-35), 1e-6 / 1e-6 against torch's
+float32 RoPE (about 1 ulp apart: the rounding order differs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_sampler_gumbel_kernel import _torch_gumbel_argmax
+
+from effreason.sampler import fused_cpu
+from effreason.sampler.attention import write_kv
+from effreason.sampler.model import _rotate
+from effreason.sampler.sampling import uniform_noise
+
+pytestmark = pytest.mark.skipif(not fused_cpu._has_ops(),
+                                reason="effreason._C not built, or built without the csrc/decode_step ops")
+
+TOLERANCE = {
+    "rms_norm": dict(rtol=1e-6, atol=1e-7),  # vs float64, and vs F.rms_norm in float32
+    "silu_mul": dict(rtol=1e-6, atol=1e-30),  # vs float64
+    "rope": dict(rtol=1e-6, atol=1e-6),  # vs model._rotate in float32
+}
+EPS = 1e-6
+
+
+# ------------------------------------------------------------------ RMSNorm
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (128, 256), (5, 1000)])  # odd sizes: the 8-lane tails
+def test_rms_norm_matches_float64_formula_and_torch(shape, contiguous):
+    rows, size = shape
+    generator = torch.Generator().manual_seed(rows * size)
+    x = 3 * torch.randn(rows, size, generator=generator)
+    x[1:2] = 0  # an all-zero row normalises to 0, not NaN
+    if not contiguous:
+        x = x.t().contiguous().t()
+    weight = torch.randn(size, generator=generator)
+    out = fused_cpu.rms_norm(x, weight, EPS)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    x64 = x.double()
+    expected = weight.double() * x64 / torch.sqrt(x64.square().mean(-1, keepdim=True) + EPS)
+    torch.testing.assert_close(out.double(), expected, **TOLERANCE["rms_norm"])
+    torch.testing.assert_close(out, F.rms_norm(x, (size,), weight, EPS), **TOLERANCE["rms_norm"])
+
+
+# ------------------------------------------------------------------ SwiGLU
+def _check_silu_mul(gate: torch.Tensor, up: torch.Tensor) -> None:
+    """``silu_mul_(gate, up)`` writes ``silu(gate) * up`` (float64 formula) into ``gate``, leaves ``up``."""
+    expected = F.silu(gate.double()) * up.double()
+    up_before, address = up.clone(), gate.data_ptr()
+    out = fused_cpu.silu_mul_(gate, up)
+    assert out is gate and gate.data_ptr() == address
+    assert torch.equal(up, up_before)
+    assert torch.isfinite(gate).all()
+    torch.testing.assert_close(gate.double(), expected, **TOLERANCE["silu_mul"])
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 1001), (2, 5, 4099)])  # the last: several threads' spans
+def test_silu_mul_matches_float64_formula_in_place(shape):
+    generator = torch.Generator().manual_seed(math.prod(shape))
+    _check_silu_mul(10 * torch.randn(shape, generator=generator), torch.randn(shape, generator=generator))
+
+
+def test_silu_mul_is_finite_for_large_gates():
+    gate = torch.tensor([0.0, 1e-30, -1e-30, 20, -20, 87, -87, 88, -88, 90, -90, 100, -100, 1e4, -1e4])
+    _check_silu_mul(gate, torch.linspace(-3, 3, gate.numel()))
+
+
+# ------------------------------------------------------------------ RoPE + KV-cache write
+NUM_POSITIONS, BLOCK_SIZE = 50, 4
+
+# (num_tokens, heads, kv_heads, head_dim, layout of q/k/v)
+ROPE_CASES = [
+    (1, 1, 1, 2, "linear"),
+    (1, 8, 2, 64, "linear"),
+    (5, 8, 2, 64, "fused_qkv"),
+    (6, 4, 4, 16, "padded_heads"),
+    (33, 8, 2, 64, "padded_heads"),
+    (4, 6, 2, 2, "fused_qkv"),
+]
+
+
+def _qkv_buffers(case, generator):
+    """The buffers holding q, k, v and a function viewing them as query (N, H, D), key, value (N, Hkv, D).
+
+    ``linear``: one (N, heads * D) projection output each (contiguous views); ``fused_qkv``: slices of one
+    (N, (H + 2 Hkv) D) output (row stride > heads * D); ``padded_heads``: every head's D of 2 D (head stride 2 D).
+    """
+    num_tokens, heads, kv_heads, dim, layout = case
+    if layout == "fused_qkv":
+        buffers = [torch.randn(num_tokens, (heads + 2 * kv_heads) * dim, generator=generator)]
+        sizes = [heads * dim, kv_heads * dim, kv_heads * dim]
+        return buffers, lambda b: tuple(part.view(num_tokens, -1, dim) for part in b[0].split(sizes, dim=1))
+    width = 2 * dim if layout == "padded_heads" else dim
+    buffers = [torch.randn(num_tokens, n * width, generator=generator) for n in (heads, kv_heads, kv_heads)]
+    return buffers, lambda b: tuple(buffer.view(num_tokens, -1, width)[..., :dim] for buffer in b)
+
+
+def _rope_tables(dim: int, tables: str, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (P, D): of real angles ``p * 10000^(-2i/D)`` (halves equal), or unrelated random numbers
+    (halves differ: catches a mix-up of the first and second half's entries)."""
+    if tables == "random":
+        return torch.randn(NUM_POSITIONS, dim, generator=generator), torch.randn(NUM_POSITIONS, dim, generator=generator)
+    inverse_frequency = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angles = torch.arange(NUM_POSITIONS, dtype=torch.float64)[:, None] * inverse_frequency
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def _cache_slots(cache: torch.Tensor) -> torch.Tensor:
+    """(num_blocks, Hkv, block_size, D) -> (num_blocks * block_size, Hkv, D), indexed by slot."""
+    return cache.transpose(1, 2).reshape(-1, cache.shape[1], cache.shape[3])
+
+
+@pytest.mark.parametrize("tables", ["angles", "random"])
+@pytest.mark.parametrize("case", ROPE_CASES)
+def test_rope_write_kv_matches_rotate_and_write_kv(case, tables):
+    num_tokens, heads, kv_heads, dim, _ = case
+    generator = torch.Generator().manual_seed(num_tokens * heads * dim + (tables == "random"))
+    buffers, views = _qkv_buffers(case, generator)
+    cos_table, sin_table = _rope_tables(dim, tables, generator)
+    positions = torch.randint(0, NUM_POSITIONS, (num_tokens,), generator=generator)
+    num_blocks = -(-num_tokens // BLOCK_SIZE) + 2
+    slots = torch.randperm(num_blocks * BLOCK_SIZE, generator=generator)[:num_tokens]
+    k_cache = torch.randn(num_blocks, kv_heads, BLOCK_SIZE, dim, generator=generator)
+    v_cache = torch.randn(num_blocks, kv_heads, BLOCK_SIZE, dim, generator=generator)
+
+    # the torch path, on copies
+    expected = [buffer.clone() for buffer in buffers]
+    query, key, value = views(expected)
+    cos, sin = (table.index_select(0, positions)[:, None] for table in (cos_table, sin_table))  # (N, 1, D)
+    rotated_query, rotated_key = _rotate(query, cos, sin), _rotate(key, cos, sin)
+    query.copy_(rotated_query)
+    key.copy_(rotated_key)
+    expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
+    write_kv(expected_k_cache, expected_v_cache, key, value, slots)
+
+    k_before, v_before = k_cache.clone(), v_cache.clone()
+    fused_cpu.rope_write_kv(*views(buffers), cos_table, sin_table, positions, k_cache, v_cache, slots)
+    for buffer, expected_buffer in zip(buffers, expected):  # rotated in place; padding and value untouched
+        torch.testing.assert_close(buffer, expected_buffer, **TOLERANCE["rope"])
+    torch.testing.assert_close(k_cache, expected_k_cache, **TOLERANCE["rope"])
+    assert torch.equal(v_cache, expected_v_cache)
+    untouched = torch.ones(num_blocks * BLOCK_SIZE, dtype=torch.bool)
+    untouched[slots] = False
+    for cache, before in [(k_cache, k_before), (v_cache, v_before)]:
+        assert torch.equal(_cache_slots(cache)[untouched], _cache_slots(before)[untouched])
+
+
+# ------------------------------------------------------------------ Gumbel-max sampling
+def _truncated_log_probs(num_rows: int, vocab: int, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log_probs (B, V) with about half the tokens masked to -inf, among them each row's likeliest token and
+    its untruncated draw; row 1 keeps only the last token. Returns ``log_probs, keys, steps``."""
+    log_probs = torch.log_softmax(3 * torch.randn(num_rows, vocab, generator=generator), dim=-1)
+    keys = torch.randint(-2**62, 2**62, (num_rows,), generator=generator)
+    steps = torch.randint(0, 1000, (num_rows,), generator=generator)
+    if vocab == 1:
+        return log_probs, keys, steps
+    rows = torch.arange(num_rows)
+    keep = torch.rand(num_rows, vocab, generator=generator) < 0.5
+    drawn = _torch_gumbel_argmax(log_probs, keys, steps)
+    keep[rows, drawn] = keep[rows, log_probs.argmax(-1)] = False
+    keep[rows, (drawn + 1) % vocab] |= ~keep.any(-1)  # at least one token per row
+    if num_rows > 1:
+        keep[1] = False
+        keep[1, -1] = True
+    return log_probs.masked_fill(~keep, float("-inf")), keys, steps
+
+
+@pytest.mark.parametrize("vocab", [1, 2, 511, 512, 513, 50000])  # 512: the native op's chunk
+@pytest.mark.parametrize("num_rows", [1, 3, 64])
+def test_gumbel_argmax_matches_torch_formula(num_rows, vocab):
+    log_probs, keys, steps = _truncated_log_probs(num_rows, vocab, torch.Generator().manual_seed(num_rows + vocab))
+    tokens = fused_cpu.gumbel_argmax(log_probs, keys, steps)
+    assert tokens.dtype == torch.int64 and tokens.shape == (num_rows,)
+    assert torch.equal(tokens, _torch_gumbel_argmax(log_probs, keys, steps))
+    assert torch.isfinite(log_probs.gather(1, tokens[:, None])).all()  # masked tokens never drawn
+    assert torch.equal(fused_cpu.gumbel_argmax(log_probs.clone(), keys.clone(), steps.clone()), tokens)
+
+
+def test_gumbel_argmax_strided_rows_and_nan_like_torch():
+    generator = torch.Generator().manual_seed(7)
+    wide = torch.log_softmax(torch.randn(4, 1100, generator=generator), dim=-1)
+    log_probs = wide[:, :1029]  # row stride 1100
+    log_probs[2, 700] = log_probs[2, 900] = float("nan")  # torch.argmax: the first NaN
+    keys, steps = torch.arange(4) * 977, torch.full((4,), 3)
+    tokens = fused_cpu.gumbel_argmax(log_probs, keys, steps)
+    assert torch.equal(tokens, _torch_gumbel_argmax(log_probs, keys, steps))
+    assert tokens[2] == 700
+
+
+def test_gumbel_argmax_never_draws_a_masked_token():
+    """With 24-bit uniforms, ``uniform_noise(key 0, step 537, V = 50000)[43736]`` was 1.0, so that token's
+    Gumbel noise was +inf in torch (its score NaN when masked, which argmax picks) and about 88 in the native
+    op: the token was drawn whatever its probability. 23-bit uniforms stay in [2^-24, 1 - 2^-24]."""
+    keys, steps, masked = torch.tensor([0]), torch.tensor([537]), 43736
+    log_probs = torch.log_softmax(torch.randn(1, 50_000, generator=torch.Generator().manual_seed(0)), dim=-1)
+    log_probs[0, masked] = float("-inf")
+    tokens = fused_cpu.gumbel_argmax(log_probs, keys, steps)
+    assert torch.equal(tokens, _torch_gumbel_argmax(log_probs, keys, steps))  # were 43736 (torch) and another
+    assert bool((uniform_noise(keys, steps, 50_000) < 1).all())
+
+
+# ------------------------------------------------------------------ bad input, opcheck
+def _rope_args(num_tokens=2, heads=4, kv_heads=2, dim=8, num_blocks=3):
+    """Small valid ``rope_write_kv`` arguments, as a dict to override one at a time."""
+    return dict(query=torch.randn(num_tokens, heads, dim), key=torch.randn(num_tokens, kv_heads, dim),
+                value=torch.randn(num_tokens, kv_heads, dim), cos_table=torch.randn(5, dim),
+                sin_table=torch.randn(5, dim), positions=torch.tensor([1, 4]),
+                k_cache=torch.zeros(num_blocks, kv_heads, BLOCK_SIZE, dim),
+                v_cache=torch.zeros(num_blocks, kv_heads, BLOCK_SIZE, dim), slot_mapping=torch.tensor([0, 7]))
+
+
+def _gumbel_args():
+    return torch.randn(3, 11).log_softmax(-1), torch.tensor([1, 2, 3]), torch.tensor([0, 5, 9])
+
+
+def test_rms_norm_and_silu_mul_reject_bad_input():
+    x, weight = torch.randn(3, 8), torch.randn(8)
+    for bad_x, bad_weight in [(x.double(), weight), (x, weight.double()), (x, weight[:7]), (x[None], weight),
+                              (x.to(torch.bfloat16), weight)]:
+        with pytest.raises(ValueError):
+            fused_cpu.rms_norm(bad_x, bad_weight, EPS)
+    gate, up = torch.randn(3, 8), torch.randn(3, 8)
+    for bad_gate, bad_up in [(gate.double(), up.double()), (gate, up.double()), (gate, up[:2]), (gate.t(), up.t())]:
+        with pytest.raises(ValueError):
+            fused_cpu.silu_mul_(bad_gate, bad_up)
+
+
+@pytest.mark.parametrize("name, bad", [
+    ("query", torch.randn(2, 4, 8, dtype=torch.float64)),
+    ("k_cache", torch.zeros(3, 2, BLOCK_SIZE, 8, dtype=torch.float64)),
+    ("query", torch.randn(2, 4, 6)),  # head dims differ
+    ("query", torch.randn(2, 32)),
+    ("value", torch.randn(2, 1, 8)),
+    ("key", torch.randn(2, 2, 16)[..., ::2]),  # non-contiguous last dim
+    ("k_cache", torch.zeros(3, 1, BLOCK_SIZE, 8)),  # Hkv differs from key's
+    ("cos_table", torch.randn(5, 6)),
+    ("positions", torch.tensor([1, 4], dtype=torch.int32)),
+    ("positions", torch.tensor([1, 5])),  # beyond the 5 table rows
+    ("positions", torch.tensor([-1, 4])),
+    ("positions", torch.tensor([1])),
+    ("slot_mapping", torch.tensor([0, 12])),  # beyond 3 blocks of 4
+    ("slot_mapping", torch.tensor([-1, 7])),
+    ("slot_mapping", torch.tensor([0, 7], dtype=torch.int32)),
+])
+def test_rope_write_kv_rejects_bad_input(name, bad):
+    with pytest.raises(ValueError):
+        fused_cpu.rope_write_kv(**(_rope_args() | {name: bad}))
+
+
+def test_rope_write_kv_rejects_an_odd_head_dim():
+    with pytest.raises(ValueError):
+        fused_cpu.rope_write_kv(**_rope_args(dim=7))
+
+
+def test_gumbel_argmax_rejects_bad_input():
+    log_probs, keys, steps = _gumbel_args()
+    for bad in [(log_probs.double(), keys, steps), (log_probs, keys[:2], steps), (log_probs, keys, steps[:, None]),
+                (log_probs, keys, steps.int()), (log_probs.t(), keys, steps), (log_probs[0], keys, steps)]:
+        with pytest.raises(ValueError):
+            fused_cpu.gumbel_argmax(*bad)
+
+
+@pytest.mark.parametrize("op, make_args", [
+    ("rms_norm", lambda: (torch.randn(3, 7), torch.randn(7), EPS)),
+    ("silu_mul_", lambda: (torch.randn(3, 7), torch.randn(3, 7))),
+    ("rope_write_kv", lambda: tuple(_rope_args().values())),
+    ("gumbel_argmax", _gumbel_args),
+])
+def test_opcheck(op, make_args):
+    torch.library.opcheck(getattr(torch.ops.effreason, op).default, make_args())
+
+
+def test_opcheck_rms_norm_of_a_transposed_input():
+    """The op returns a contiguous tensor whatever x's strides; so must its fake."""
+    torch.library.opcheck(torch.ops.effreason.rms_norm.default, (torch.randn(7, 3).t(), torch.randn(7), EPS),
+                          test_utils=("test_faketensor",))
