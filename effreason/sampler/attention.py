@@ -34,7 +34,9 @@ class AttentionMetadata:
 
     * ``slot_mapping`` (N,) int64: cache slot ``block * block_size + row`` receiving token n.
     * prefill: ``seq_bounds`` python ``[(start, end)]`` of each sequence in the packed tokens,
-      ``cu_seqlens`` (S + 1,) int32 and ``max_seqlen`` for varlen kernels.
+      ``cu_seqlens`` (S + 1,) int32 and ``max_seqlen`` for varlen kernels; ``prefix_lens`` python
+      ``[c]``: each sequence's leading tokens already in the cache (its packed tokens are positions
+      ``c ..``), with ``prefix_tables`` (each sequence's block table) when any ``c > 0``.
     * decode: ``block_tables`` (B, max_blocks) int32, ``context_lens`` (B,) int32, and for the
       torch path ``gather_index`` (B * Hkv * max_blocks,) and ``padding_mask`` (B * Hkv, 1, T).
     """
@@ -44,6 +46,8 @@ class AttentionMetadata:
     seq_bounds: list[tuple[int, int]] | None = None
     cu_seqlens: torch.Tensor | None = None
     max_seqlen: int = 0
+    prefix_lens: list[int] | None = None
+    prefix_tables: list[torch.Tensor] | None = None
     block_tables: torch.Tensor | None = None
     context_lens: torch.Tensor | None = None
     gather_index: torch.Tensor | None = None
@@ -106,17 +110,38 @@ def paged_decode_attention_reference(query: torch.Tensor, k_cache: torch.Tensor,
     return attend_gathered(query, k_cache, v_cache, index, mask, scale)
 
 
-def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    """Causal self-attention of each packed sequence over its own tokens: (N, H, D) -> (N, H, D)."""
+def cached_context(cache: torch.Tensor, table: torch.Tensor, length: int) -> torch.Tensor:
+    """Tokens ``0 .. length-1`` of one sequence from a layer's paged cache: (Hkv, length, D)."""
+    block_size = cache.shape[2]
+    tiles = cache.index_select(0, table[:-(-length // block_size)])  # (blocks, Hkv, bs, D)
+    return tiles.transpose(0, 1).flatten(1, 2)[:, :length]
+
+
+def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+                      v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """Causal attention of each packed sequence's new tokens (N, H, D) -> (N, H, D).
+
+    A sequence with ``c`` cached leading tokens attends over its whole context read back from the
+    cache (its new K/V are written there first): query ``i`` (position ``c + i``) sees keys ``<= c + i``.
+    """
     flash = _flash_attn()
-    if flash is not None and query.is_cuda and query.dtype in _FLASH_DTYPES:
+    no_prefix = meta.prefix_tables is None
+    if flash is not None and no_prefix and query.is_cuda and query.dtype in _FLASH_DTYPES:
         return flash.flash_attn_varlen_func(query, key, value, meta.cu_seqlens, meta.cu_seqlens,
                                             meta.max_seqlen, meta.max_seqlen, softmax_scale=scale, causal=True)
     out = torch.empty_like(query)
-    for start, end in meta.seq_bounds:
-        q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))  # (heads, L, D)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    for index, (start, end) in enumerate(meta.seq_bounds):
+        q = query[start:end].transpose(0, 1)  # (H, L, D)
+        cached = 0 if no_prefix else meta.prefix_lens[index]
+        if cached == 0:
+            k, v = key[start:end].transpose(0, 1), value[start:end].transpose(0, 1)
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        else:
+            table, length = meta.prefix_tables[index], cached + end - start
+            k, v = (cached_context(cache, table, length) for cache in (k_cache, v_cache))
+            positions = torch.arange(length, device=q.device)
+            visible = positions[None, :] <= positions[cached:, None]  # (new tokens, context)
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale, enable_gqa=True)
         out[start:end] = attended.transpose(0, 1)
     return out
 

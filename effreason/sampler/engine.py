@@ -7,7 +7,9 @@
 
 Each step is a prefill (new or preempted sequences) or a one-token decode of every running
 sequence (continuous batching, ``scheduler.py``). A prompt is prefilled once and forked into its
-``n`` samples, which share its KV blocks (``block_manager.py``). Model, attention and sampling of a
+``n`` samples, which share its KV blocks (``block_manager.py``). Full prompt blocks already in the
+prefix cache (shared by earlier prompts, in this call or an earlier one with the same weights) are
+not recomputed; a change to any parameter empties that cache. Model, attention and sampling of a
 step run without host syncs; the one device-to-host copy per step is the sampled tokens and their
 log-probs, which the scheduler needs (stop tokens, lengths). On CUDA the decode forward is replayed
 from a CUDA graph (``cuda_graph.py``).
@@ -47,15 +49,18 @@ class Sampler:
       of the free GPU memory at the first ``generate``, on CPU 65536 tokens. Allocated once and
       reused by every ``generate`` while the model's device and dtype stay the same.
     * ``cuda_graphs``: capture the CUDA decode step for bucketed batch sizes (CUDA kernels only).
+    * ``prefix_caching``: reuse the K/V of full prompt blocks whose tokens (and all tokens before them)
+      were prefilled before, across prompts and ``generate`` calls, until a parameter changes
+      (in place, as an optimizer step does, or replaced).
 
     After each ``generate``, ``last_stats`` holds ``peak_blocks`` (KV blocks in use at the peak),
-    ``peak_unshared_blocks`` (what the running sequences would hold without prompt sharing) and
-    ``preemptions``.
+    ``peak_unshared_blocks`` (what the running sequences would hold without prompt sharing),
+    ``preemptions`` and ``cached_prompt_tokens`` (prefill tokens served from the prefix cache).
     """
 
     def __init__(self, model: torch.nn.Module, *, block_size: int = 16, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 8192, kv_cache_tokens: int | None = None,
-                 kv_cache_memory_fraction: float = 0.3, cuda_graphs: bool = True):
+                 kv_cache_memory_fraction: float = 0.3, cuda_graphs: bool = True, prefix_caching: bool = True):
         _check_positive("block_size", block_size)
         if block_size & (block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {block_size}")
@@ -71,7 +76,10 @@ class Sampler:
         self.kv_cache_tokens = kv_cache_tokens
         self.kv_cache_memory_fraction = kv_cache_memory_fraction
         self.use_cuda_graphs = cuda_graphs
+        self.prefix_caching = prefix_caching
         self.kv_cache: torch.Tensor | None = None
+        self.block_manager: BlockManager | None = None
+        self.cached_weights_version: tuple | None = None
         self.num_blocks = 0
         self.backend = "torch"
         self.graphs: DecodeGraphs | None = None
@@ -105,10 +113,20 @@ class Sampler:
         shape = (model.num_layers, 2, num_blocks + 1, model.num_kv_heads, self.block_size, model.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=model.dtype, device=model.device)
         self.num_blocks = num_blocks
+        self.block_manager = BlockManager(num_blocks, self.block_size, self.prefix_caching)
         self.backend = attention.choose_decode_backend(model.device, model.dtype, self.block_size)
         graphs_ok = self.use_cuda_graphs and model.device.type == "cuda" and self.backend != "torch"
         self.graphs = DecodeGraphs(self.model, self.kv_cache, self.block_size, self.max_num_seqs,
                                    self.backend) if graphs_ok else None
+
+    def _reset_blocks(self) -> None:
+        """Free every block left by an interrupted call; forget cached prefixes when a parameter changed."""
+        if self.block_manager.in_use:
+            self.block_manager = BlockManager(self.num_blocks, self.block_size, self.prefix_caching)
+        version = self.model.weights_version()
+        if version != self.cached_weights_version:
+            self.block_manager.clear_prefix_cache()
+            self.cached_weights_version = version
 
     # ----------------------------------------------------------------- generate
     def _check_prompts(self, prompts) -> None:
@@ -148,6 +166,7 @@ class Sampler:
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
         self._ensure_kv_cache()
+        self._reset_blocks()
         self._check_prompts(prompts)
         if not prompts:
             return []
@@ -179,13 +198,14 @@ class _Run:
         self.params = params
         self.keys = keys
         self.stop_ids = frozenset(params.stop_token_ids)
-        self.block_manager = BlockManager(sampler.num_blocks, sampler.block_size)
+        self.block_manager = sampler.block_manager
         self.scheduler = Scheduler(self.block_manager, sampler.max_num_seqs, sampler.max_num_batched_tokens)
         self.results: list[list[Completion | None]] = [[None] * params.n for _ in keys]
         self.owners: list[Sequence] = []
         self.next_id = 0
         self.peak_blocks = 0
         self.peak_unshared_blocks = 0
+        self.cached_prompt_tokens = 0
         self.device = sampler.model.device
         self.bar = self._progress_bar(total) if progress else None
 
@@ -214,7 +234,8 @@ class _Run:
         if self.bar is not None:
             self.bar.close()
         self.sampler.last_stats = {"peak_blocks": self.peak_blocks, "peak_unshared_blocks": self.peak_unshared_blocks,
-                                   "preemptions": scheduler.num_preemptions}
+                                   "preemptions": scheduler.num_preemptions,
+                                   "cached_prompt_tokens": self.cached_prompt_tokens}
 
     def _track_memory(self) -> None:
         """Peak blocks in use, and what they would be if no block were shared (each sequence its own)."""
@@ -253,18 +274,22 @@ class _Run:
         return table.gather(-1, (positions // block_size)[..., None])[..., 0] * block_size + positions % block_size
 
     def _prefill(self, seqs: list[Sequence]) -> tuple[torch.Tensor, list[tuple[Sequence, int]]]:
+        """Forward of each sequence's tokens after its cached prefix; logits of its last token, once per sample."""
         device, model = self.device, self.model
-        lengths = [seq.num_tokens for seq in seqs]
-        input_ids = torch.tensor([t for seq in seqs for t in seq.token_ids], device=device)
-        positions = torch.cat([torch.arange(n, device=device) for n in lengths])
-        tables = [torch.tensor(seq.block_table, device=device).expand(n, -1) for seq, n in zip(seqs, lengths)]
-        slots = torch.cat([self._slots(t, torch.arange(n, device=device)) for t, n in zip(tables, lengths)])
+        cached = [seq.num_cached_tokens for seq in seqs]
+        self.cached_prompt_tokens += sum(cached)
+        lengths = [seq.num_tokens - c for seq, c in zip(seqs, cached)]  # tokens computed now
+        input_ids = torch.tensor([t for seq, c in zip(seqs, cached) for t in seq.token_ids[c:]], device=device)
+        positions = torch.cat([torch.arange(c, seq.num_tokens, device=device) for seq, c in zip(seqs, cached)])
+        tables = [torch.tensor(seq.block_table, device=device) for seq in seqs]
+        slots = torch.cat([self._slots(t.expand(n, -1), torch.arange(c, c + n, device=device))
+                           for t, c, n in zip(tables, cached, lengths)])
         ends = torch.tensor(lengths).cumsum(0)
         bounds = list(zip((ends - torch.tensor(lengths)).tolist(), ends.tolist()))
         meta = attention.AttentionMetadata(
             is_prefill=True, slot_mapping=slots,
             seq_bounds=bounds, cu_seqlens=torch.cat([ends.new_zeros(1), ends]).to(device, torch.int32),
-            max_seqlen=max(lengths))
+            max_seqlen=max(lengths), prefix_lens=cached, prefix_tables=tables if any(cached) else None)
         hidden = model.forward(input_ids, positions, self.sampler.kv_cache, meta, self.sampler.backend)
         rows = [(seq, j) for seq in seqs for j in seq.sample_indices]
         last = torch.tensor([end - 1 for (_, end), seq in zip(bounds, seqs) for _ in seq.sample_indices], device=device)

@@ -81,6 +81,10 @@ class PagedModel:
         self._rope_key = None
         self._rope_tables = None
 
+    def weights_version(self) -> tuple:
+        """Changes whenever a parameter is updated in place (optimizer step, ``load_state_dict``) or replaced."""
+        return tuple((p.data_ptr(), p._version) for p in self.hf_model.parameters())
+
     @property
     def device(self) -> torch.device:
         return self.decoder.embed_tokens.weight.device
@@ -142,7 +146,7 @@ class PagedModel:
         k_cache, v_cache = layer_cache[0], layer_cache[1]
         query, key = self._rope_and_cache(query, key, value, positions, k_cache, v_cache, meta)
         if meta.is_prefill:
-            attended = attention.prefill_attention(query, key, value, meta, self.scale)
+            attended = attention.prefill_attention(query, key, value, k_cache, v_cache, meta, self.scale)
         else:
             attended = attention.decode_attention(backend, query, k_cache, v_cache, meta, self.scale)
         _add_linear_(hidden, attended.reshape(num_tokens, -1), attn.o_proj)

@@ -42,7 +42,7 @@ class Sequence:
 
     __slots__ = (
         "seq_id", "prompt_index", "sample_indices", "token_ids", "num_prompt_tokens",
-        "block_table", "logprobs", "trainer_logprobs", "finish_reason", "status",
+        "block_table", "num_cached_tokens", "logprobs", "trainer_logprobs", "finish_reason", "status",
     )
 
     def __init__(self, seq_id: int, prompt_index: int, token_ids: list[int], sample_indices: list[int],
@@ -53,6 +53,7 @@ class Sequence:
         self.token_ids = token_ids
         self.num_prompt_tokens = len(token_ids) if num_prompt_tokens is None else num_prompt_tokens
         self.block_table: list[int] = []
+        self.num_cached_tokens = 0  # leading tokens whose K/V the prefix cache held at allocation
         self.logprobs: list[float] = []
         self.trainer_logprobs: list[float] = []
         self.finish_reason: str | None = None

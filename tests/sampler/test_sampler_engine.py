@@ -177,3 +177,50 @@ def test_cuda_greedy_matches_hf_generate(cuda_graphs):
                                       min_new_tokens=16, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
         assert [c.token_ids for c in completions] == [expected, expected]
     assert sampler.backend != "torch" and (sampler.graphs is not None) == cuda_graphs
+
+
+# ------------------------------------------------------------------ prefix cache
+def _shared_prefix_prompts(prefix_len: int, suffix_lens, seed: int = 3) -> list[list[int]]:
+    prefix = random_prompts((prefix_len,), seed=seed)[0]
+    return [prefix + suffix for suffix in random_prompts(suffix_lens, seed=seed + 1)]
+
+
+def test_prompts_sharing_a_prefix_reuse_its_blocks_and_match_hf(model, backend):
+    prompts = _shared_prefix_prompts(10, (1, 3, 6))  # block size 4: the 2 full prefix blocks are shared
+    sampler = Sampler(model, block_size=4, kv_cache_tokens=1024)
+    _check_greedy(model, sampler, prompts, n=2, new_tokens=12)
+    assert sampler.last_stats["cached_prompt_tokens"] == 2 * 8  # prompts 2 and 3 reuse prompt 1's blocks
+
+
+def test_prefix_cache_serves_later_calls_until_the_weights_change():
+    model = tiny_qwen2()
+    prompts = _shared_prefix_prompts(12, (2,))  # 14 tokens: 3 full blocks of 4, the last token computed
+    sampler = Sampler(model, block_size=4, kv_cache_tokens=256)
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=10, seed=5)
+    first = sampler.generate(prompts, params)
+    assert sampler.last_stats["cached_prompt_tokens"] == 0
+    second = sampler.generate(prompts, params)
+    assert sampler.last_stats["cached_prompt_tokens"] == 12
+    for a, b in zip(first[0], second[0]):
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(torch.tensor(a.trainer_logprobs), torch.tensor(b.trainer_logprobs),
+                                   atol=1e-5, rtol=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.tensor(prompts)).logits.sum().backward()
+    optimizer.step()
+    after = sampler.generate(prompts, SamplingParams(temperature=0, max_tokens=10))
+    assert sampler.last_stats["cached_prompt_tokens"] == 0  # an optimizer step empties the prefix cache
+    assert after[0][0].token_ids == hf_greedy(model, prompts[0], 10)
+
+
+def test_prefix_caching_off_and_a_prompt_of_whole_blocks():
+    model = tiny_qwen2()
+    prompt = random_prompts((8,), seed=4)[0]  # two full blocks: only the first may come from the cache
+    cached = Sampler(model, block_size=4, kv_cache_tokens=256)
+    for _ in range(2):
+        _check_greedy(model, cached, [prompt], n=2, new_tokens=6)
+    assert cached.last_stats["cached_prompt_tokens"] == 4
+    uncached = Sampler(model, block_size=4, kv_cache_tokens=256, prefix_caching=False)
+    for _ in range(2):
+        _check_greedy(model, uncached, [prompt, prompt], n=1, new_tokens=6)
+    assert uncached.last_stats["cached_prompt_tokens"] == 0

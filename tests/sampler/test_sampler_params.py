@@ -61,3 +61,30 @@ def test_scheduler_keeps_spare_blocks_and_preempts_the_newest_sequence():
     batch = scheduler.schedule()
     assert not batch.is_prefill and batch.seqs == seqs[:1] and len(seqs[0].block_table) == 3
     assert seqs[1].status is Status.WAITING and scheduler.num_preemptions == 1 and not seqs[1].block_table
+
+
+def test_prefix_cache_reuses_full_blocks_until_they_are_handed_out_again():
+    manager = BlockManager(num_blocks=4, block_size=2)
+    first = Sequence(0, 0, [1, 2, 3, 4, 5], [0])  # blocks [1 2] [3 4] [5]
+    manager.allocate(first)
+    assert first.num_cached_tokens == 0
+    second = Sequence(1, 1, [1, 2, 3, 9], [0])  # shares [1 2]; [3 9] differs
+    manager.allocate(second)
+    assert second.num_cached_tokens == 2 and second.block_table[0] == first.block_table[0]
+    assert manager.ref_counts[first.block_table[0]] == 2
+    manager.free(first)
+    manager.free(second)
+    assert manager.num_free == 4
+    again = Sequence(2, 2, [1, 2, 3, 4, 7], [0])  # both full blocks still cached while free
+    manager.allocate(again)
+    assert again.num_cached_tokens == 4
+    manager.free(again)
+    for _ in range(4):  # handing every block out again forgets their digests
+        manager.allocate(Sequence(3, 3, [8], [0]))
+    assert not manager.cached_blocks
+    manager = BlockManager(num_blocks=4, block_size=2)
+    manager.allocate(Sequence(0, 0, [1, 2, 3], [0]))
+    manager.clear_prefix_cache()
+    late = Sequence(1, 1, [1, 2, 3], [0])
+    manager.allocate(late)
+    assert late.num_cached_tokens == 0
