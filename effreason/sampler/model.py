@@ -68,6 +68,11 @@ class PagedModel:
         if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"model must be a Hugging Face causal LM of type {SUPPORTED_MODEL_TYPES}, "
                              f"got {getattr(config, 'model_type', type(hf_model).__name__)!r}")
+        window = getattr(config, "sliding_window", None)
+        if "sliding_attention" in (getattr(config, "layer_types", None) or ()) and window is not None \
+                and window < config.max_position_embeddings:
+            raise ValueError(f"sliding-window attention (window {window} < context "
+                             f"{config.max_position_embeddings}) is not supported by the paged sampler")
         self.hf_model = hf_model
         self.decoder = hf_model.model
         self.num_layers = config.num_hidden_layers

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from sampler_models import hf_greedy, hf_logits, random_prompts, tiny_qwen2
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from effreason.sampler import Sampler, SamplingParams, engine
 
@@ -159,6 +160,11 @@ def test_invalid_inputs_raise_value_errors():
         Sampler(model, block_size=12)
     with pytest.raises(ValueError, match="model"):
         Sampler(torch.nn.Linear(2, 2))
+    windowed = Qwen2Config(vocab_size=16, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                           use_sliding_window=True, sliding_window=16, max_window_layers=1)
+    with pytest.raises(ValueError, match="sliding-window"):
+        Sampler(Qwen2ForCausalLM(windowed))
     assert sampler.generate([], params) == []
 
 
