@@ -79,7 +79,7 @@ def _hf_generate(model, prompts, samples: int, new_tokens: int) -> None:
 
 
 def _linear_floor(model, batch: int) -> tuple[float, float]:
-    """(wall, CPU) seconds of one decode step's linear layers alone (every nn.Linear, ``batch`` rows), best of a few."""
+    """(wall, CPU) seconds of one decode step's linear layers alone (every nn.Linear, ``batch`` rows), best of 10."""
     device, dtype = model.device, model.dtype
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {m.in_features: torch.randn(batch, m.in_features, device=device, dtype=dtype) for m in linears}
@@ -90,19 +90,18 @@ def _linear_floor(model, batch: int) -> tuple[float, float]:
 
     with torch.no_grad():
         step()
-        runs = [_timed(step, device) for _ in range(5 if QUICK else 30)]
+        runs = [_timed(step, device) for _ in range(5 if QUICK else 10)]
     return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
-def _best_times(runs: dict, device, rounds: int) -> dict:
-    """Best (wall, CPU) seconds of each of ``runs`` over ``rounds`` interleaved rounds.
-
-    Interleaving exposes every contestant to the same machine noise; the best round is each one's speed.
+def _best_times(measures: dict, rounds: int) -> dict:
+    """Best (wall, CPU) seconds of each of ``measures`` (functions returning (wall, CPU) seconds) over
+    ``rounds`` interleaved rounds: every contestant meets the same machine noise, its best round is its speed.
     """
-    best = {name: (float("inf"), float("inf")) for name in runs}
+    best = {name: (float("inf"), float("inf")) for name in measures}
     for _ in range(rounds):
-        for name, run in runs.items():
-            wall, cpu = _timed(run, device)
+        for name, measure in measures.items():
+            wall, cpu = measure()
             best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
     return best
 
@@ -113,12 +112,13 @@ def _report(name, model, prompts, samples, new_tokens, sampler, rounds):
     params = SamplingParams(n=samples, temperature=1.0, max_tokens=new_tokens, seed=0)
     first_token = SamplingParams(n=samples, max_tokens=1, seed=0)
     with torch.no_grad():
-        times = _best_times({"hf": lambda: _hf_generate(model, prompts, samples, new_tokens),
-                             "ours": lambda: sampler.generate(prompts, params),
-                             "prefill": lambda: sampler.generate(prompts, first_token)}, device, rounds)
+        times = _best_times({"hf": lambda: _timed(lambda: _hf_generate(model, prompts, samples, new_tokens), device),
+                             "ours": lambda: _timed(lambda: sampler.generate(prompts, params), device),
+                             "prefill": lambda: _timed(lambda: sampler.generate(prompts, first_token), device),
+                             "floor": lambda: _linear_floor(model, len(prompts) * samples)}, rounds)
     sampler.generate(prompts, params)
     stats = dict(sampler.last_stats)
-    floor = _linear_floor(model, len(prompts) * samples)
+    floor = times["floor"]
     tokens = len(prompts) * samples * new_tokens
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     print(f"\n[{name}] {len(prompts)} prompts x {samples} samples x {new_tokens} new tokens on {device}{threads}, "
@@ -144,7 +144,7 @@ def test_cpu_tiny_qwen2_throughput():
     prompts = _prompts(num_prompts, 512, 24, 40)
     sampler = Sampler(model, kv_cache_tokens=32768, prefix_caching=False)  # rounds repeat the prompts: no reuse
     sampler.generate(prompts[:2], SamplingParams(n=2, max_tokens=4, seed=0))  # warm-up: allocates the cache
-    decode_step = _report("cpu tiny qwen2", model, prompts, samples, new_tokens, sampler, 1 if QUICK else 3)
+    decode_step = _report("cpu tiny qwen2", model, prompts, samples, new_tokens, sampler, 1 if QUICK else 5)
     assert decode_step > 0
 
 
@@ -165,5 +165,6 @@ def test_gpu_qwen25_half_b_throughput():
     nominal = next((v for k, v in HBM_BYTES_PER_S.items() if k in name), 3.35e12)
     bandwidth = MEASURED_HBM_BYTES_PER_S or nominal
     floor = (weight_bytes + kv_bytes) / bandwidth
+    source = "measured" if MEASURED_HBM_BYTES_PER_S else "nominal"
     print(f"  HBM floor:       {floor * 1e3:.2f} ms per decode step ({weight_bytes / 2**20:.0f} MiB weights + "
-          f"{kv_bytes / 2**20:.0f} MiB KV at {bandwidth / 1e12:.2f} TB/s {'measured' if MEASURED_HBM_BYTES_PER_S else 'nominal'}, {name}) -> {decode_step / floor:.2f}x")
+          f"{kv_bytes / 2**20:.0f} MiB KV at {bandwidth / 1e12:.2f} TB/s {source}, {name}) -> {decode_step / floor:.2f}x")

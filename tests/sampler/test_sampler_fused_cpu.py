@@ -117,7 +117,7 @@ def _rope_tables(dim: int, tables: str, generator) -> tuple[torch.Tensor, torch.
     """cos, sin (P, D): of real angles ``p * 10000^(-2i/D)`` (halves equal), or unrelated random numbers
     (halves differ: catches a mix-up of the first and second half's entries)."""
     if tables == "random":
-        return torch.randn(NUM_POSITIONS, dim, generator=generator), torch.randn(NUM_POSITIONS, dim, generator=generator)
+        return tuple(torch.randn(NUM_POSITIONS, dim, generator=generator) for _ in range(2))
     inverse_frequency = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
     angles = torch.arange(NUM_POSITIONS, dtype=torch.float64)[:, None] * inverse_frequency
     angles = torch.cat([angles, angles], dim=-1)
