@@ -168,3 +168,30 @@ def test_gpu_qwen25_half_b_throughput():
     source = "measured" if MEASURED_HBM_BYTES_PER_S else "nominal"
     print(f"  HBM floor:       {floor * 1e3:.2f} ms per decode step ({weight_bytes / 2**20:.0f} MiB weights + "
           f"{kv_bytes / 2**20:.0f} MiB KV at {bandwidth / 1e12:.2f} TB/s {source}, {name}) -> {decode_step / floor:.2f}x")
+
+
+def test_cpu_prefix_cache_prefill():
+    """Prefill of prompts sharing a long prefix (a few-shot template), with and without the prefix cache."""
+    torch.manual_seed(0)
+    model = _tiny_qwen2()
+    num_prompts, prefix_len = (4, 64) if QUICK else (16, 512)
+    shared = _prompts(1, 512, prefix_len, prefix_len)[0]
+    prompts = [shared + suffix for suffix in _prompts(num_prompts, 512, 8, 24)]
+    params = SamplingParams(n=8, max_tokens=1, seed=0)
+    samplers = {caching: Sampler(model, kv_cache_tokens=32768, prefix_caching=caching) for caching in (False, True)}
+    computed = {}
+
+    def prefill(caching: bool):
+        sampler = samplers[caching]
+        sampler.block_manager.clear_prefix_cache()  # each round starts cold: only reuse across prompts counts
+        wall_cpu = _timed(lambda: sampler.generate(prompts, params), model.device)
+        computed[caching] = sum(len(p) for p in prompts) - sampler.last_stats["cached_prompt_tokens"]
+        return wall_cpu
+
+    for sampler in samplers.values():
+        sampler.generate(prompts[:1], params)  # allocates the cache
+    times = _best_times({caching: lambda caching=caching: prefill(caching) for caching in samplers}, 1 if QUICK else 5)
+    print(f"\n[cpu prefix cache] {num_prompts} prompts sharing a {prefix_len}-token prefix, prefill only: "
+          f"{computed[False]} -> {computed[True]} prompt tokens computed, "
+          f"{times[False][0] * 1e3:.1f} -> {times[True][0] * 1e3:.1f} ms ({times[False][0] / times[True][0]:.2f}x)")
+    assert computed[True] < computed[False]
