@@ -190,7 +190,8 @@ def test_cpu_prefix_cache_prefill():
 
     for sampler in samplers.values():
         sampler.generate(prompts[:1], params)  # allocates the cache
-    times = _best_times({caching: lambda caching=caching: prefill(caching) for caching in samplers}, 1 if QUICK else 5)
+    measures = {caching: lambda caching=caching: prefill(caching) for caching in samplers}
+    times = _best_times(measures, 1 if QUICK else 5)
     print(f"\n[cpu prefix cache] {num_prompts} prompts sharing a {prefix_len}-token prefix, prefill only: "
           f"{computed[False]} -> {computed[True]} prompt tokens computed, "
           f"{times[False][0] * 1e3:.1f} -> {times[True][0] * 1e3:.1f} ms ({times[False][0] / times[True][0]:.2f}x)")

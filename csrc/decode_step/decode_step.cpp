@@ -10,12 +10,15 @@
 //
 // The Gumbel noise uses the same 64-bit counter hash as the torch version, so the uniforms are bit
 // for bit the same; the two logs are vectorised (csrc/cpu/vector_math.h) and agree to about 1 ulp.
+// Work is split over rows / tokens with at::parallel_for (OpenMP: setup.py compiles with -fopenmp).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <limits>
-#include <vector>
 
 #include "cpu/vector_math.h"
 
