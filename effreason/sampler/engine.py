@@ -124,7 +124,7 @@ class Sampler:
         if self.block_manager.in_use:
             self.block_manager = BlockManager(self.num_blocks, self.block_size, self.prefix_caching)
         version = self.model.weights_version()
-        if version != self.cached_weights_version:
+        if version is None or version != self.cached_weights_version:
             self.block_manager.clear_prefix_cache()
             self.cached_weights_version = version
 

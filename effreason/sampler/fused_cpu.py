@@ -66,7 +66,8 @@ def rope_write_kv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, c
     """Rotate query (N, H, D) and key (N, Hkv, D) in place by RoPE at ``positions`` (rows of the (P, D)
     tables), then store key and value at ``slot_mapping`` (distinct ``block * block_size + row``) of the caches.
 
-    Positions and slots are checked before anything is written."""
+    Positions and slots are checked before anything is written.
+    """
     torch.ops.effreason.rope_write_kv(query, key, value, cos_table, sin_table, positions, k_cache, v_cache,
                                       slot_mapping)
 

@@ -86,9 +86,15 @@ class PagedModel:
         self._rope_key = None
         self._rope_tables = None
 
-    def weights_version(self) -> tuple:
-        """Changes whenever a parameter is updated in place (optimizer step, ``load_state_dict``) or replaced."""
-        return tuple((p.data_ptr(), p._version) for p in self.hf_model.parameters())
+    def weights_version(self) -> tuple | None:
+        """Changes whenever a parameter is updated in place (optimizer step, ``load_state_dict``) or replaced.
+
+        None when a parameter is an inference tensor, which keeps no version counter: unknowable.
+        """
+        params = list(self.hf_model.parameters())
+        if any(p.is_inference() for p in params):
+            return None
+        return tuple((p.data_ptr(), p._version) for p in params)
 
     @property
     def device(self) -> torch.device:

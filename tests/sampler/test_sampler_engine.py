@@ -219,6 +219,16 @@ def test_prefix_cache_serves_later_calls_until_the_weights_change():
     assert after[0][0].token_ids == hf_greedy(model, prompts[0], 10)
 
 
+def test_inference_mode_weights_are_never_reused_across_calls():
+    with torch.inference_mode():  # inference tensors keep no version counter: a change could not be seen
+        model = tiny_qwen2()
+    prompts = _shared_prefix_prompts(8, (2, 3))
+    sampler = Sampler(model, block_size=4, kv_cache_tokens=256)
+    for _ in range(2):
+        _check_greedy(model, sampler, prompts, n=1, new_tokens=4)
+        assert sampler.last_stats["cached_prompt_tokens"] == 8  # within a call only
+
+
 def test_prefix_caching_off_and_a_prompt_of_whole_blocks():
     model = tiny_qwen2()
     prompt = random_prompts((8,), seed=4)[0]  # two full blocks: only the first may come from the cache
