@@ -130,23 +130,29 @@ class PagedModel:
         ``kv_cache`` (layers, 2, num_blocks, Hkv, block_size, D) receives every token's K and V.
         """
         hidden = F.embedding(input_ids, self.decoder.embed_tokens.weight)  # (N, hidden)
+        # the torch RoPE path gathers each position's cos/sin once for all layers; the fused op reads the tables
+        cos_sin = None if fused_cpu.usable(hidden) else \
+            tuple(table.index_select(0, positions)[:, None] for table in self._rope_tables)  # (N, 1, D) each
         for index, layer in enumerate(self.decoder.layers):
-            hidden = self._layer(layer, hidden, positions, kv_cache[index], meta, backend)
+            hidden = self._layer(layer, hidden, positions, cos_sin, kv_cache[index], meta, backend)
         return _rms_norm(hidden, self.decoder.norm, self.eps)
 
-    def _rope_and_cache(self, query, key, value, positions, k_cache, v_cache, meta):
+    def _rope_and_cache(self, query, key, value, positions, cos_sin, k_cache, v_cache, meta):
         """RoPE of query (N, H, D) and key (N, Hkv, D) at ``positions``, key and value stored in the
-        cache at ``meta.slot_mapping``; returns the rotated query and key."""
-        if fused_cpu.usable(query):
+        cache at ``meta.slot_mapping``; returns the rotated query and key.
+
+        ``cos_sin``: the positions' (N, 1, D) cos and sin rows for the torch path, None for the fused op.
+        """
+        if cos_sin is None:
             fused_cpu.rope_write_kv(query, key, value, *self._rope_tables, positions, k_cache, v_cache,
                                     meta.slot_mapping)
             return query, key
-        cos, sin = (table.index_select(0, positions)[:, None] for table in self._rope_tables)  # (N, 1, D)
+        cos, sin = cos_sin
         query, key = _rotate(query, cos, sin), _rotate(key, cos, sin)
         attention.write_kv(k_cache, v_cache, key, value, meta.slot_mapping)
         return query, key
 
-    def _layer(self, layer, hidden, positions, layer_cache, meta, backend):
+    def _layer(self, layer, hidden, positions, cos_sin, layer_cache, meta, backend):
         """One decoder layer; updates ``hidden`` (N, hidden), a tensor this forward owns, in place."""
         num_tokens = hidden.shape[0]
         attn = layer.self_attn
@@ -155,7 +161,7 @@ class PagedModel:
         key = _linear(x, attn.k_proj).view(num_tokens, self.num_kv_heads, self.head_dim)
         value = _linear(x, attn.v_proj).view(num_tokens, self.num_kv_heads, self.head_dim)
         k_cache, v_cache = layer_cache[0], layer_cache[1]
-        query, key = self._rope_and_cache(query, key, value, positions, k_cache, v_cache, meta)
+        query, key = self._rope_and_cache(query, key, value, positions, cos_sin, k_cache, v_cache, meta)
         if meta.is_prefill:
             attended = attention.prefill_attention(query, key, value, k_cache, v_cache, meta, self.scale)
         else:
