@@ -276,9 +276,10 @@ def test_gpu_throughput(shape, capsys):
     for backend in _kernel_backends(shape.device):
         steps[f"fused_policy_loss[{backend}]"] = make_step("fused_policy_loss", shape, inputs, backend)
         steps[f"fused_logprobs[{backend}]"] = make_step("fused_logprobs", shape, inputs, backend)
-    liger = make_step("liger", shape, inputs) if shape.device == "cuda" else None
-    if liger is not None:
-        steps["liger"] = liger
+    for name in ("naive torch", "liger") if shape.device == "cuda" else ():
+        step = make_step(name, shape, inputs)
+        if step is not None:  # liger when installed
+            steps[name] = step
     times = {name: min(seconds) for name, seconds in interleaved_times(steps, inputs, rounds=2, device=shape.device).items()}
     matmul_tflops = floor_flops / times["matmul floor"] / 1e12
     rows = []

@@ -46,7 +46,7 @@ class DecodeGraphs:
 
     def _weights_key(self) -> tuple[int, ...]:
         rope = tuple(t.data_ptr() for t in self.model.rope_tables(1))
-        return rope + tuple(p.data_ptr() for p in self.model.hf_model.parameters())
+        return rope + tuple(p.data_ptr() for p in self.model.parameters())
 
     def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         model = self.model

@@ -49,6 +49,9 @@ class Sampler:
       of the free GPU memory at the first ``generate``, on CPU 65536 tokens. Allocated once and
       reused by every ``generate`` while the model's device and dtype stay the same.
     * ``cuda_graphs``: capture the CUDA decode step for bucketed batch sizes (CUDA kernels only).
+    * ``attention_backend``: the paged decode attention, one of ``attention.DECODE_BACKENDS``
+      (``"flash"``, ``"triton"``, ``"native"``, ``"torch"``); default the fastest usable one. One
+      that is unusable on the model's device is a ``ValueError`` at the first ``generate``.
     * ``prefix_caching``: reuse the K/V of full prompt blocks whose tokens (and all tokens before them)
       were prefilled before, across prompts and ``generate`` calls, until a parameter changes
       (in place, as an optimizer step does, or replaced).
@@ -60,7 +63,8 @@ class Sampler:
 
     def __init__(self, model: torch.nn.Module, *, block_size: int = 16, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 8192, kv_cache_tokens: int | None = None,
-                 kv_cache_memory_fraction: float = 0.3, cuda_graphs: bool = True, prefix_caching: bool = True):
+                 kv_cache_memory_fraction: float = 0.3, cuda_graphs: bool = True, prefix_caching: bool = True,
+                 attention_backend: str | None = None):
         _check_positive("block_size", block_size)
         if block_size & (block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {block_size}")
@@ -69,6 +73,9 @@ class Sampler:
         _check_positive("kv_cache_tokens", kv_cache_tokens, allow_none=True)
         if not 0.0 < kv_cache_memory_fraction <= 1.0:
             raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {kv_cache_memory_fraction!r}")
+        if attention_backend is not None and attention_backend not in attention.DECODE_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {attention.DECODE_BACKENDS} or None, "
+                             f"got {attention_backend!r}")
         self.model = PagedModel(model)
         self.block_size = block_size
         self.max_num_seqs = max_num_seqs
@@ -77,6 +84,7 @@ class Sampler:
         self.kv_cache_memory_fraction = kv_cache_memory_fraction
         self.use_cuda_graphs = cuda_graphs
         self.prefix_caching = prefix_caching
+        self.attention_backend = attention_backend
         self.kv_cache: torch.Tensor | None = None
         self.block_manager: BlockManager | None = None
         self.cached_weights_version: tuple | None = None
@@ -109,15 +117,26 @@ class Sampler:
         if cache is not None and cache.device == model.device and cache.dtype == model.dtype:
             return
         self.kv_cache = None
+        self.backend = self._choose_backend()
         num_blocks = max(1, self._capacity_tokens() // self.block_size)
         shape = (model.num_layers, 2, num_blocks + 1, model.num_kv_heads, self.block_size, model.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=model.dtype, device=model.device)
         self.num_blocks = num_blocks
         self.block_manager = BlockManager(num_blocks, self.block_size, self.prefix_caching)
-        self.backend = attention.choose_decode_backend(model.device, model.dtype, self.block_size)
         graphs_ok = self.use_cuda_graphs and model.device.type == "cuda" and self.backend != "torch"
         self.graphs = DecodeGraphs(self.model, self.kv_cache, self.block_size, self.max_num_seqs,
                                    self.backend) if graphs_ok else None
+
+    def _choose_backend(self) -> str:
+        model = self.model
+        usable = attention.usable_decode_backends(model.device, model.dtype, self.block_size)
+        if self.attention_backend is None:
+            return usable[0]
+        if self.attention_backend not in usable:
+            raise ValueError(f"attention_backend {self.attention_backend!r} is not usable for a "
+                             f"{model.dtype} model on {model.device} with block_size {self.block_size}; "
+                             f"usable: {usable}")
+        return self.attention_backend
 
     def _reset_blocks(self) -> None:
         """Free every block left by an interrupted call; forget cached prefixes when a parameter changed."""

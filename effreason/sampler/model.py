@@ -85,13 +85,21 @@ class PagedModel:
         self.scale = self.head_dim ** -0.5
         self._rope_key = None
         self._rope_tables = None
+        # (owner's parameter dict, name) of every parameter: reading the dicts sees replaced parameters
+        # and costs ~0.1 ms, where ``hf_model.parameters()`` walks the module tree (~3 ms for 24 layers)
+        self._parameter_slots = [(module._parameters, name) for module in hf_model.modules()
+                                 for name, param in module._parameters.items() if param is not None]
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The model's current parameters (a tied one once per owner), cheap enough for every decode step."""
+        return [params[name] for params, name in self._parameter_slots]
 
     def weights_version(self) -> tuple | None:
         """Changes whenever a parameter is updated in place (optimizer step, ``load_state_dict``) or replaced.
 
         None when a parameter is an inference tensor, which keeps no version counter: unknowable.
         """
-        params = list(self.hf_model.parameters())
+        params = self.parameters()
         if any(p.is_inference() for p in params):
             return None
         return tuple((p.data_ptr(), p._version) for p in params)

@@ -25,6 +25,7 @@ SHAPES = [
     (2, 10, 2, 64, 8, [3, 19]),  # compiled-in head dims of the CPU op, group 5 = 4 + 1
     (1, 2, 1, 128, 16, [33]),
     (2, 8, 2, 16, 32, [5, 40]),  # AVX-512 scoring: head dim 16, two 16-row halves per tile
+    (3, 14, 2, 64, 16, [1, 129, 300]),  # Qwen2.5-0.5B heads: several 128-token tiles, a partial one
 ]
 
 

@@ -21,7 +21,7 @@ LOGPROB_TOLERANCE = 1e-4
 def backend(request, monkeypatch):
     """Run each engine test with the installation's decode backend and with the torch reference."""
     if request.param == "torch":
-        monkeypatch.setattr(engine.attention, "choose_decode_backend", lambda device, dtype, block_size: "torch")
+        monkeypatch.setattr(engine.attention, "usable_decode_backends", lambda device, dtype, block_size: ["torch"])
     return request.param
 
 
@@ -160,6 +160,11 @@ def test_invalid_inputs_raise_value_errors():
         Sampler(model, block_size=12)
     with pytest.raises(ValueError, match="model"):
         Sampler(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="attention_backend"):
+        Sampler(model, attention_backend="paged")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="attention_backend 'triton' is not usable"):
+            Sampler(model, attention_backend="triton").generate([[1]], params)
     windowed = Qwen2Config(vocab_size=16, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
                            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
                            use_sliding_window=True, sliding_window=16, max_window_layers=1)
@@ -171,9 +176,13 @@ def test_invalid_inputs_raise_value_errors():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("cuda_graphs", [False, True])
-def test_cuda_greedy_matches_hf_generate(cuda_graphs):
+@pytest.mark.parametrize("attention_backend", ["triton", "native", "torch"])
+def test_cuda_greedy_matches_hf_generate(attention_backend, cuda_graphs):
+    if attention_backend not in engine.attention.usable_decode_backends(torch.device("cuda"), torch.float32, 16):
+        pytest.skip(f"{attention_backend} decode attention not usable here")
     model = tiny_qwen2().cuda()
-    sampler = Sampler(model, block_size=16, kv_cache_tokens=2048, cuda_graphs=cuda_graphs)
+    sampler = Sampler(model, block_size=16, kv_cache_tokens=2048, cuda_graphs=cuda_graphs,
+                      attention_backend=attention_backend)
     prompts = random_prompts(LENGTHS)
     results = sampler.generate(prompts, SamplingParams(n=2, temperature=0, max_tokens=16))
     for prompt, completions in zip(prompts, results):
@@ -182,7 +191,8 @@ def test_cuda_greedy_matches_hf_generate(cuda_graphs):
             expected = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16,
                                       min_new_tokens=16, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
         assert [c.token_ids for c in completions] == [expected, expected]
-    assert sampler.backend != "torch" and (sampler.graphs is not None) == cuda_graphs
+    assert sampler.backend == attention_backend
+    assert (sampler.graphs is not None) == (cuda_graphs and attention_backend != "torch")
 
 
 # ------------------------------------------------------------------ prefix cache
