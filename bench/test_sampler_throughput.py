@@ -201,3 +201,16 @@ def test_cpu_prefix_cache_prefill():
           f"{computed[False]} -> {computed[True]} prompt tokens computed, "
           f"{times[False][0] * 1e3:.1f} -> {times[True][0] * 1e3:.1f} ms ({times[False][0] / times[True][0]:.2f}x)")
     assert computed[True] < computed[False]
+
+
+def test_profile_sampler_script_runs(tmp_path):
+    """``bench/profile_sampler.py`` on a tiny run, so the breakdown script cannot rot."""
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(__file__), "profile_sampler.py")
+    result = subprocess.run([sys.executable, script, "--prompts", "2", "--samples", "2", "--tokens", "4",
+                             "--context", "40", "--top", "3", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = (tmp_path / "profile_sampler.txt").read_text()
+    assert "tokens/s" in report and "attention one layer (torch)" in report
