@@ -73,6 +73,10 @@ class Scheduler:
 
     def _schedule_decode(self) -> ScheduledBatch:
         manager = self.block_manager
+        needy = [seq for seq in self.running if manager.blocks_to_append(seq)]
+        if len(needy) <= manager.num_free:  # the common step: every sequence grows, nobody is preempted
+            copies = [copy for copy in map(manager.prepare_append, needy) if copy is not None]
+            return ScheduledBatch(list(self.running), False, copies)
         batch, copies = [], []
         while self.running:
             seq = self.running.popleft()
