@@ -15,17 +15,14 @@ import argparse
 import cProfile
 import io
 import pstats
-import sys
 import time
 from pathlib import Path
 
 import torch
+from test_sampler_throughput import qwen25_half_b, random_prompts, tiny_qwen2  # bench/, the script's folder
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_sampler_throughput import _prompts, _qwen25_half_b, _tiny_qwen2  # noqa: E402
-
-from effreason.sampler import Sampler, SamplingParams, attention  # noqa: E402
-from effreason.sampler.sampling import sample  # noqa: E402
+from effreason.sampler import Sampler, SamplingParams, attention
+from effreason.sampler.sampling import sample
 
 
 def _sync(device: torch.device) -> None:
@@ -120,8 +117,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = _qwen25_half_b(device) if device.type == "cuda" else _tiny_qwen2()
-    prompts = _prompts(args.prompts, model.config.vocab_size, 64, 256)
+    model = qwen25_half_b(device) if device.type == "cuda" else tiny_qwen2()
+    prompts = random_prompts(args.prompts, model.config.vocab_size, 64, 256)
     params = SamplingParams(n=args.samples, temperature=1.0, max_tokens=args.tokens, seed=0)
     batch = args.prompts * args.samples
     report = []

@@ -28,20 +28,20 @@ HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # nominal, 
 MEASURED_HBM_BYTES_PER_S = float(os.environ.get("EFFREASON_HBM_BYTES_PER_S", "0"))  # bench/ceilings.py
 
 
-def _tiny_qwen2() -> Qwen2ForCausalLM:
+def tiny_qwen2() -> Qwen2ForCausalLM:
     config = Qwen2Config(vocab_size=512, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                          num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048)
     return Qwen2ForCausalLM(config).eval()
 
 
-def _qwen25_half_b(device) -> Qwen2ForCausalLM:
+def qwen25_half_b(device) -> Qwen2ForCausalLM:
     config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                          num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
                          tie_word_embeddings=True, rope_theta=1e6)
     return Qwen2ForCausalLM(config).to(device=device, dtype=torch.bfloat16).eval()
 
 
-def _prompts(num_prompts: int, vocab: int, low: int, high: int) -> list[list[int]]:
+def random_prompts(num_prompts: int, vocab: int, low: int, high: int) -> list[list[int]]:
     generator = torch.Generator().manual_seed(0)
     lengths = torch.randint(low, high + 1, (num_prompts,), generator=generator).tolist()
     return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
@@ -144,9 +144,9 @@ def _report(name, model, prompts, samples, new_tokens, sampler, rounds):
 
 def test_cpu_tiny_qwen2_throughput():
     torch.manual_seed(0)
-    model = _tiny_qwen2()
+    model = tiny_qwen2()
     num_prompts, samples, new_tokens = (4, 2, 16) if QUICK else (16, 8, 128)
-    prompts = _prompts(num_prompts, 512, 24, 40)
+    prompts = random_prompts(num_prompts, 512, 24, 40)
     sampler = Sampler(model, kv_cache_tokens=32768, prefix_caching=False)  # rounds repeat the prompts: no reuse
     sampler.generate(prompts[:2], SamplingParams(n=2, max_tokens=4, seed=0))  # warm-up: allocates the cache
     decode_step = _report("cpu tiny qwen2", model, prompts, samples, new_tokens, sampler, 1 if QUICK else 5)
@@ -157,9 +157,9 @@ def test_cpu_tiny_qwen2_throughput():
 def test_gpu_qwen25_half_b_throughput():
     torch.manual_seed(0)
     device = torch.device("cuda")
-    model = _qwen25_half_b(device)
+    model = qwen25_half_b(device)
     num_prompts, samples, new_tokens = (8, 2, 32) if QUICK else (64, 8, 512)
-    prompts = _prompts(num_prompts, model.config.vocab_size, 64, 256)
+    prompts = random_prompts(num_prompts, model.config.vocab_size, 64, 256)
     sampler = Sampler(model, max_num_seqs=num_prompts * samples, prefix_caching=False)  # rounds repeat the prompts
     sampler.generate(prompts[:2], SamplingParams(n=2, max_tokens=4, seed=0))
     decode_step = _report("gpu qwen2.5-0.5b shape", model, prompts, samples, new_tokens, sampler, 1)
@@ -178,10 +178,10 @@ def test_gpu_qwen25_half_b_throughput():
 def test_cpu_prefix_cache_prefill():
     """Prefill of prompts sharing a long prefix (a few-shot template), with and without the prefix cache."""
     torch.manual_seed(0)
-    model = _tiny_qwen2()
+    model = tiny_qwen2()
     num_prompts, prefix_len = (4, 64) if QUICK else (16, 512)
-    shared = _prompts(1, 512, prefix_len, prefix_len)[0]
-    prompts = [shared + suffix for suffix in _prompts(num_prompts, 512, 8, 24)]
+    shared = random_prompts(1, 512, prefix_len, prefix_len)[0]
+    prompts = [shared + suffix for suffix in random_prompts(num_prompts, 512, 8, 24)]
     params = SamplingParams(n=8, max_tokens=1, seed=0)
     samplers = {caching: Sampler(model, kv_cache_tokens=32768, prefix_caching=caching) for caching in (False, True)}
     computed = {}
