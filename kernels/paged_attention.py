@@ -3,8 +3,8 @@
     out[s, h] = sum_{t < L_s} softmax_t(scale * q[s, h] . K[T_s[t // bs], g, t % bs]) V[...]
 
 with ``g = h // group`` (grouped-query attention) and ``T_s`` the sequence's block table. The
-program walks the context in tiles of ``BLOCK_N`` tokens, several cache blocks each (each token's
-block looked up in the table), with an online softmax (Milakov & Gimelshein 2018; as in
+program walks the context in tiles of ``BLOCK_N`` tokens (each token's cache block looked up in the
+table, so a tile spans several blocks or part of one), with an online softmax (Milakov & Gimelshein 2018; as in
 FlashAttention / vLLM's paged attention): each K/V tile is read once for all ``group`` query heads,
 and both products are matrix-unit dots (``(G, D) x (D, N)`` scores, ``(G, N) x (N, D)`` values, the
 group padded to 16 rows) on float32 operands: tf32 for bf16/fp16 caches, whose values tf32 holds
@@ -116,7 +116,7 @@ def paged_attention_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     num_kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
     block_d = max(16, triton.next_power_of_2(head_dim))  # matrix-unit dots need 16 rows / columns
-    block_n = max(block_size, min(128, 8192 // block_d))  # tokens per tile: whole cache blocks
+    block_n = max(16, min(128, 8192 // block_d))  # tokens per tile, whatever the cache block size
     out = torch.empty_like(query)
     if num_seqs == 0:
         return out

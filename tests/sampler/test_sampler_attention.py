@@ -26,6 +26,7 @@ SHAPES = [
     (1, 2, 1, 128, 16, [33]),
     (2, 8, 2, 16, 32, [5, 40]),  # AVX-512 scoring: head dim 16, two 16-row halves per tile
     (3, 14, 2, 64, 16, [1, 129, 300]),  # Qwen2.5-0.5B heads: several 128-token tiles, a partial one
+    (2, 4, 1, 32, 256, [200, 300]),  # flash-attn's block size: Triton tiles smaller than a cache block
 ]
 
 
