@@ -86,7 +86,7 @@ class PagedModel:
         self._rope_key = None
         self._rope_tables = None
         # (owner's parameter dict, name) of every parameter: reading the dicts sees replaced parameters
-        # and costs ~0.1 ms, where ``hf_model.parameters()`` walks the module tree (~3 ms for 24 layers)
+        # and takes 34 us for 24 layers, where ``hf_model.parameters()`` walks the module tree (460 us)
         self._parameter_slots = [(module._parameters, name) for module in hf_model.modules()
                                  for name, param in module._parameters.items() if param is not None]
 
