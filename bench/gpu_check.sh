@@ -8,9 +8,11 @@
 #      CUDA graphs),
 #   4. runs the GPU benchmarks: bench/test_fused_ops.py (bf16, N=16384, H=1536/4096, V=151936) and
 #      bench/test_sampler_throughput.py (Qwen2.5-0.5B shape, 64 prompts x 8 samples x 512 tokens),
-#   5. prints a short table (bench/gpu_report.py).
+#   5. breaks a sampler decode step down (bench/profile_sampler.py: each attention backend, the
+#      parts alone, host and device profiles),
+#   6. prints a short table (bench/gpu_report.py).
 # Every stage has its own time limit, so one hang cannot eat the others. Results (build.log,
-# ceilings.json, tests.xml, tests.log, bench.log, fused_ops_gpu_*.json: 7 files) go to
+# ceilings.json, tests.xml, tests.log, bench.log, fused_ops_gpu_*.json, profile_sampler.txt: 8 files) go to
 # $EFFREASON_BENCH_RESULTS, else $OUT/gpu when $OUT is set, else /tmp/effreason_bench.
 #
 # Usage:  bash bench/gpu_check.sh          (PYTHON=... to pick the interpreter; python3 by default)
@@ -63,6 +65,11 @@ timeout 120 "$PY" -m pytest bench/test_fused_ops.py -q -s -p no:cacheprovider -k
   | tee -a "$EFFREASON_BENCH_RESULTS/bench.log" | tail -12
 timeout 180 "$PY" -m pytest bench/test_sampler_throughput.py -q -s -p no:cacheprovider -k gpu 2>&1 \
   | tee -a "$EFFREASON_BENCH_RESULTS/bench.log" | tail -15
+
+stage "sampler decode-step breakdown (bench/profile_sampler.py)"
+if [ "${EFFREASON_BENCH_QUICK:-0}" = "1" ]; then profile_size="--prompts 2 --samples 2 --tokens 4"; else profile_size=""; fi
+timeout 120 "$PY" bench/profile_sampler.py $profile_size --top 15 --out "$EFFREASON_BENCH_RESULTS" 2>&1 \
+  | grep -E "tokens/s|ms$" | head -12
 
 stage "report"
 "$PY" bench/gpu_report.py "$EFFREASON_BENCH_RESULTS"
