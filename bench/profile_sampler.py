@@ -15,41 +15,26 @@ import argparse
 import cProfile
 import io
 import pstats
-import time
 from pathlib import Path
 
 import torch
-from test_sampler_throughput import qwen25_half_b, random_prompts, tiny_qwen2  # bench/, the script's folder
+from test_sampler_throughput import qwen25_half_b, random_prompts, timed, tiny_qwen2  # bench/, the script's folder
 
 from effreason.sampler import Sampler, SamplingParams, attention
 from effreason.sampler.sampling import sample
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _per_call_ms(fn, device: torch.device, repeats: int = 20) -> float:
-    """Median milliseconds of ``fn()`` after one warm-up call."""
+    """Median wall milliseconds of ``fn()`` after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
+    times = sorted(timed(fn, device)[0] for _ in range(repeats))
+    return times[len(times) // 2] * 1e3
 
 
 def _throughput(sampler: Sampler, prompts, params: SamplingParams, device: torch.device) -> float:
     sampler.generate(prompts[:2], SamplingParams(n=2, max_tokens=4, seed=0))
-    _sync(device)
-    start = time.perf_counter()
-    sampler.generate(prompts, params)
-    _sync(device)
-    return len(prompts) * params.n * params.max_tokens / (time.perf_counter() - start)
+    wall, _ = timed(lambda: sampler.generate(prompts, params), device)
+    return len(prompts) * params.n * params.max_tokens / wall
 
 
 def host_profile(sampler: Sampler, prompts, params: SamplingParams, top: int) -> str:
@@ -85,7 +70,9 @@ def parts(sampler: Sampler, model, batch: int, context: int, device: torch.devic
                                        context_lens=(positions + 1).to(torch.int32))
     meta.gather_index = attention.gather_index(tables, paged.num_kv_heads)
     meta.padding_mask = attention.padding_mask(meta.context_lens, paged.num_kv_heads, blocks * sampler.block_size)
-    forward = lambda: paged.forward(input_ids, positions, sampler.kv_cache, meta, sampler.backend)  # noqa: E731
+    def forward():
+        return paged.forward(input_ids, positions, sampler.kv_cache, meta, sampler.backend)
+
     rows.append((f"decode forward (eager, {sampler.backend})", _per_call_ms(forward, device)))
     hidden = forward()
     rows.append(("logits (lm_head, float32)", _per_call_ms(lambda: paged.logits(hidden), device)))
@@ -99,8 +86,8 @@ def parts(sampler: Sampler, model, batch: int, context: int, device: torch.devic
     backends = ["torch", "native", "triton"] if device.type == "cuda" else ["torch", "native"]
     for backend in backends:
         try:
-            call = lambda b=backend: attention.decode_attention(b, query, cache[0], cache[1], meta, paged.scale)  # noqa: E731
-            rows.append((f"attention one layer ({backend})", _per_call_ms(call, device)))
+            rows.append((f"attention one layer ({backend})", _per_call_ms(
+                lambda: attention.decode_attention(backend, query, cache[0], cache[1], meta, paged.scale), device)))
         except Exception as error:  # a backend missing on this machine
             rows.append((f"attention one layer ({backend}): {type(error).__name__}", float("nan")))
     return rows

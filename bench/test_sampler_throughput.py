@@ -47,20 +47,20 @@ def random_prompts(num_prompts: int, vocab: int, low: int, high: int) -> list[li
     return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
-def _sync(device) -> None:
+def synchronize(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def _timed(fn, device) -> tuple[float, float]:
+def timed(fn, device) -> tuple[float, float]:
     """(wall-clock seconds, CPU seconds of this process) of ``fn()``.
 
     CPU seconds are the robust measure on a shared machine (other processes stretch wall time).
     """
-    _sync(device)
+    synchronize(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     fn()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
@@ -90,7 +90,7 @@ def _linear_floor(model, batch: int) -> tuple[float, float]:
 
     with torch.no_grad():
         step()
-        runs = [_timed(step, device) for _ in range(5 if QUICK else 10)]
+        runs = [timed(step, device) for _ in range(5 if QUICK else 10)]
     return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
@@ -114,14 +114,14 @@ def _report(name, model, prompts, samples, new_tokens, sampler, rounds):
     stats = {}
 
     def ours():
-        wall_cpu = _timed(lambda: sampler.generate(prompts, params), device)
+        wall_cpu = timed(lambda: sampler.generate(prompts, params), device)
         stats.update(sampler.last_stats)  # KV use of the full run (the prefill-only run overwrites last_stats)
         return wall_cpu
 
     with torch.no_grad():
-        times = _best_times({"hf": lambda: _timed(lambda: _hf_generate(model, prompts, samples, new_tokens), device),
+        times = _best_times({"hf": lambda: timed(lambda: _hf_generate(model, prompts, samples, new_tokens), device),
                              "ours": ours,
-                             "prefill": lambda: _timed(lambda: sampler.generate(prompts, first_token), device),
+                             "prefill": lambda: timed(lambda: sampler.generate(prompts, first_token), device),
                              "floor": lambda: _linear_floor(model, len(prompts) * samples)}, rounds)
     floor = times["floor"]
     tokens = len(prompts) * samples * new_tokens
@@ -189,7 +189,7 @@ def test_cpu_prefix_cache_prefill():
     def prefill(caching: bool):
         sampler = samplers[caching]
         sampler.block_manager.clear_prefix_cache()  # each round starts cold: only reuse across prompts counts
-        wall_cpu = _timed(lambda: sampler.generate(prompts, params), model.device)
+        wall_cpu = timed(lambda: sampler.generate(prompts, params), model.device)
         computed[caching] = sum(len(p) for p in prompts) - sampler.last_stats["cached_prompt_tokens"]
         return wall_cpu
 

@@ -130,6 +130,7 @@ class Sampler:
                                    self.backend) if graphs_ok else None
 
     def _choose_backend(self) -> str:
+        """``attention_backend`` when usable for the model (else ValueError), default the fastest usable."""
         model = self.model
         usable = attention.usable_decode_backends(model.device, model.dtype, self.block_size)
         if self.attention_backend is None:
