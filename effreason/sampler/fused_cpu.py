@@ -6,7 +6,9 @@ At decode sizes (a few hundred rows) a chain of small torch ops costs more in pe
 * ``rms_norm(x, weight, eps) = weight * (x * rsqrt(mean(x^2) + eps))``;
 * ``silu_mul_(gate, up)``: ``gate <- silu(gate) * up`` (SwiGLU);
 * ``rope_write_kv``: RoPE of query and key in place, then key and value into their cache slots;
-* ``gumbel_argmax``: the Gumbel-max draw of ``sampling.gumbel_argmax`` (same uniforms, logs within ~1 ulp).
+* ``gumbel_argmax``: the Gumbel-max draw of ``sampling.gumbel_argmax`` (same uniforms, logs within ~1 ulp);
+* ``decode_layers``: every decoder layer of a decode step and the final norm in one op, each thread
+  running all layers on its own range of rows (``csrc/decode_step/decode_layers.cpp``).
 
 The torch code they replace (``model.py``, ``attention.py``, ``sampling.py``) is the reference and
 runs everywhere else: CUDA, bf16/fp16 on the CPU, or no native build.
@@ -23,7 +25,7 @@ from effreason import _backends
 
 @functools.lru_cache(maxsize=None)
 def _has_ops() -> bool:
-    return _backends.has_native() and hasattr(torch.ops.effreason, "rope_write_kv")
+    return _backends.has_native() and hasattr(torch.ops.effreason, "decode_layers")  # the newest op of the build
 
 
 def usable(tensor: torch.Tensor) -> bool:
@@ -43,6 +45,11 @@ if _has_ops():
     @torch.library.register_fake("effreason::rope_write_kv")
     def _rope_write_kv_fake(query, key, value, cos_table, sin_table, positions, k_cache, v_cache, slot_mapping):
         return None
+
+    @torch.library.register_fake("effreason::decode_layers")
+    def _decode_layers_fake(hidden, weights, cos_table, sin_table, positions, kv_cache, slot_mapping, block_tables,
+                            context_lens, num_heads, eps, scale):
+        return hidden.new_empty(hidden.shape)
 
     @torch.library.register_fake("effreason::gumbel_argmax")
     def _gumbel_argmax_fake(log_probs, keys, steps):
@@ -75,3 +82,18 @@ def rope_write_kv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, c
 def gumbel_argmax(log_probs: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """``argmax_v(log_probs[b, v] - log(-log U[b, v]))``, ``U = sampling.uniform_noise(keys, steps, V)``: (B,)."""
     return torch.ops.effreason.gumbel_argmax(log_probs, keys, steps)
+
+
+def decode_layers(hidden: torch.Tensor, weights: list[torch.Tensor | None], cos_table: torch.Tensor,
+                  sin_table: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor,
+                  block_tables: torch.Tensor, context_lens: torch.Tensor, num_heads: int, eps: float,
+                  scale: float) -> torch.Tensor:
+    """Final hidden states (N, C) of a decode step from its token embeddings ``hidden`` (N, C).
+
+    Runs every layer of ``PagedModel._layer`` (SiLU MLP, paged attention over ``block_tables`` /
+    ``context_lens``, K/V written at ``slot_mapping`` of ``kv_cache`` (layers, 2, blocks, Hkv, bs, D))
+    and the final RMSNorm. ``weights``: per layer input norm, q/k/v/o weight and bias, post-attention
+    norm, gate/up/down weight and bias (None for an absent bias), then the final norm weight.
+    """
+    return torch.ops.effreason.decode_layers(hidden, weights, cos_table, sin_table, positions, kv_cache, slot_mapping,
+                                             block_tables, context_lens, num_heads, eps, scale)

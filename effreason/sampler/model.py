@@ -4,6 +4,10 @@ Same math as ``transformers``' ``Qwen2ForCausalLM`` / ``LlamaForCausalLM`` (RMSN
 config's scaling, grouped-query attention, SwiGLU MLP, optional q/k/v/o and MLP biases, tied or
 untied embeddings), but over packed tokens with the KV cache of ``attention.py``. Weights are read
 from the HF modules at every call (no copy), so an optimizer step is seen by the next forward.
+
+The layers run op by op (``_layer``; on the CPU in float32 the small ops are ``fused_cpu``'s native
+ones), except a CPU float32 decode step, which runs whole in ``fused_cpu.decode_layers`` when
+``_fused_decode`` says so: each thread takes its own rows through every layer.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ from effreason.sampler import attention, fused_cpu
 from effreason.sampler.attention import AttentionMetadata
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
+# ``fused_cpu.decode_layers`` gives each thread its own rows, so every thread reads all layer weights.
+# That pays while the weights stay in the last-level cache, or while each thread has enough rows for its
+# products to stay compute-bound; otherwise one multithreaded product per layer (MKL splits the weights)
+# reads them once. Thresholds chosen, not measured beyond the 2-core CI VM (bench/RESULTS.md).
+FUSED_DECODE_CACHED_WEIGHT_BYTES = 32 << 20
+FUSED_DECODE_MIN_ROWS_PER_THREAD = 64
 
 
 def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
@@ -89,6 +99,22 @@ class PagedModel:
         # and takes 34 us for 24 layers, where ``hf_model.parameters()`` walks the module tree (460 us)
         self._parameter_slots = [(module._parameters, name) for module in hf_model.modules()
                                  for name, param in module._parameters.items() if param is not None]
+        self._decode_weight_slots = self._layer_weight_slots()
+        self._layer_weight_bytes = sum(params[name].nbytes for params, name in self._decode_weight_slots
+                                       if params[name] is not None)
+
+    def _layer_weight_slots(self) -> list[tuple[dict, str]]:
+        """(owner's parameter dict, name) of each entry of ``fused_cpu.decode_layers``' weight list."""
+        slots = []
+        for layer in self.decoder.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            slots.append((layer.input_layernorm._parameters, "weight"))
+            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj):
+                slots += [(linear._parameters, "weight"), (linear._parameters, "bias")]
+            slots.append((layer.post_attention_layernorm._parameters, "weight"))
+            for linear in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+                slots += [(linear._parameters, "weight"), (linear._parameters, "bias")]
+        return slots + [(self.decoder.norm._parameters, "weight")]
 
     def parameters(self) -> list[torch.Tensor]:
         """The model's current parameters (a tied one once per owner), cheap enough for every decode step."""
@@ -138,12 +164,24 @@ class PagedModel:
         ``kv_cache`` (layers, 2, num_blocks, Hkv, block_size, D) receives every token's K and V.
         """
         hidden = F.embedding(input_ids, self.decoder.embed_tokens.weight)  # (N, hidden)
+        if self._fused_decode(hidden, meta, backend):
+            weights = [params.get(name) for params, name in self._decode_weight_slots]  # current tensors, no copy
+            return fused_cpu.decode_layers(hidden, weights, *self._rope_tables, positions, kv_cache, meta.slot_mapping,
+                                           meta.block_tables, meta.context_lens, self.num_heads, self.eps, self.scale)
         # the torch RoPE path gathers each position's cos/sin once for all layers; the fused op reads the tables
         cos_sin = None if fused_cpu.usable(hidden) else \
             tuple(table.index_select(0, positions)[:, None] for table in self._rope_tables)  # (N, 1, D) each
         for index, layer in enumerate(self.decoder.layers):
             hidden = self._layer(layer, hidden, positions, cos_sin, kv_cache[index], meta, backend)
         return _rms_norm(hidden, self.decoder.norm, self.eps)
+
+    def _fused_decode(self, hidden: torch.Tensor, meta: AttentionMetadata, backend: str) -> bool:
+        """Whether this step runs as one ``fused_cpu.decode_layers`` call: a float32 CPU decode step with
+        the native attention and a SiLU MLP, weights that fit the cache or enough rows per thread."""
+        if meta.is_prefill or backend != "native" or self.hidden_act != "silu" or not fused_cpu.usable(hidden):
+            return False
+        return (self._layer_weight_bytes <= FUSED_DECODE_CACHED_WEIGHT_BYTES
+                or hidden.shape[0] >= FUSED_DECODE_MIN_ROWS_PER_THREAD * torch.get_num_threads())
 
     def _rope_and_cache(self, query, key, value, positions, cos_sin, k_cache, v_cache, meta):
         """RoPE of query (N, H, D) and key (N, Hkv, D) at ``positions``, key and value stored in the

@@ -115,7 +115,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor,
         tokens = logits.argmax(dim=-1)
         full = torch.log_softmax(logits, dim=-1)
         return tokens, torch.zeros_like(full[:, 0]), full.gather(1, tokens[:, None])[:, 0]
-    scaled = logits / params.temperature
+    scaled = logits if params.temperature == 1.0 else logits / params.temperature
     full = torch.log_softmax(scaled, dim=-1)
     truncated = params.top_k > 0 or params.top_p < 1.0
     drawn_from = torch.log_softmax(truncate_logits(scaled, params.top_k, params.top_p), dim=-1) if truncated else full

@@ -6,6 +6,9 @@
   rotated in place (nothing else in their buffers touched), value cache bit for bit, other slots unchanged;
 * ``gumbel_argmax`` vs the torch formula over ``sampling.uniform_noise``: the same tokens (the native logs
   agree to about 1 ulp), masked (-inf) tokens never drawn, reproducible;
+* ``decode_layers`` (the whole decode forward, rows split over threads) vs ``PagedModel``'s layer-by-layer
+  torch path for Qwen2 (tied and untied) and Llama (biases everywhere, 3 query heads per KV head, llama3
+  RoPE): final hidden states and every layer's KV cache, at 1, 2 and 3 threads, 19 sequences of 1-33 tokens;
 * bad input raises ValueError; every op passes ``torch.library.opcheck``.
 
 Two regression tests pin fixed bugs: ``uniform_noise`` returned exactly 1.0 once in 2^24 draws (a masked
@@ -25,9 +28,13 @@ import torch
 import torch.nn.functional as F
 from test_sampler_gumbel_kernel import _torch_gumbel_argmax
 
+from sampler_models import VOCAB, tiny_llama, tiny_qwen2
+from transformers import LlamaConfig, LlamaForCausalLM
+
 from effreason.sampler import fused_cpu
-from effreason.sampler.attention import write_kv
-from effreason.sampler.model import _rotate
+from effreason.sampler import model as model_module
+from effreason.sampler.attention import AttentionMetadata, write_kv
+from effreason.sampler.model import PagedModel, _rotate
 from effreason.sampler.sampling import uniform_noise
 
 pytestmark = pytest.mark.skipif(not fused_cpu._has_ops(),
@@ -37,6 +44,7 @@ TOLERANCE = {
     "rms_norm": dict(rtol=1e-6, atol=1e-7),  # vs float64, and vs F.rms_norm in float32
     "silu_mul": dict(rtol=1e-6, atol=1e-30),  # vs float64
     "rope": dict(rtol=1e-6, atol=1e-6),  # vs model._rotate in float32
+    "decode_layers": dict(rtol=1e-5, atol=1e-5),  # vs the layer-by-layer path: ~1 ulp per op over 2 layers
 }
 EPS = 1e-6
 
@@ -228,6 +236,127 @@ def _rope_args(num_tokens=2, heads=4, kv_heads=2, dim=8, num_blocks=3):
                 v_cache=torch.zeros(num_blocks, kv_heads, BLOCK_SIZE, dim), slot_mapping=torch.tensor([0, 7]))
 
 
+# ------------------------------------------------------------------ whole decode forward
+DECODE_BLOCK_SIZE = 4
+CONTEXT_LENS = [1, 5, 9, 4, 16, 13, 2, 33, 8, 7, 3, 17, 12, 6, 1, 20, 11, 4, 9]  # 19: three uneven thread ranges
+
+
+def _llama_with_mlp_bias() -> LlamaForCausalLM:
+    """Llama with every projection biased (attention and MLP), GQA 4:1, untied."""
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256,
+                         attention_bias=True, mlp_bias=True)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.5)
+    return model
+
+
+DECODE_MODELS = {"qwen2": tiny_qwen2, "qwen2_tied": lambda: tiny_qwen2(tied=True), "llama": tiny_llama,
+                 "llama_mlp_bias": _llama_with_mlp_bias}
+
+
+def _decode_step(model, context_lens, seed: int = 0):
+    """PagedModel of ``model``, a KV cache of random past keys and values, and one decode step's inputs:
+    (paged, input_ids, positions, kv_cache, meta); sequence s is at position ``context_lens[s] - 1``."""
+    generator = torch.Generator().manual_seed(seed)
+    paged = PagedModel(model)
+    blocks = [-(-length // DECODE_BLOCK_SIZE) for length in context_lens]
+    num_blocks = sum(blocks) + 3
+    order = torch.randperm(num_blocks, generator=generator).to(torch.int32)  # scattered, distinct blocks
+    tables = torch.zeros(len(context_lens), max(blocks), dtype=torch.int32)
+    first = 0
+    for row, count in enumerate(blocks):
+        tables[row, :count] = order[first:first + count]
+        first += count
+    positions = torch.tensor(context_lens) - 1
+    slots = tables.long().gather(1, (positions // DECODE_BLOCK_SIZE)[:, None])[:, 0] * DECODE_BLOCK_SIZE \
+        + positions % DECODE_BLOCK_SIZE
+    meta = AttentionMetadata(is_prefill=False, slot_mapping=slots, block_tables=tables,
+                             context_lens=torch.tensor(context_lens, dtype=torch.int32))
+    cache = torch.randn(paged.num_layers, 2, num_blocks, paged.num_kv_heads, DECODE_BLOCK_SIZE, paged.head_dim,
+                        generator=generator)
+    paged.rope_tables(max(context_lens))
+    input_ids = torch.randint(0, VOCAB, (len(context_lens),), generator=generator)
+    return paged, input_ids, positions, cache, meta
+
+
+@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}threads")
+def num_threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("model_name", DECODE_MODELS)
+def test_decode_layers_matches_the_layer_by_layer_path(model_name, num_threads, monkeypatch):
+    paged, input_ids, positions, cache, meta = _decode_step(DECODE_MODELS[model_name](), CONTEXT_LENS)
+    reference_cache = cache.clone()
+    calls = []
+    decode_layers = fused_cpu.decode_layers
+    monkeypatch.setattr(fused_cpu, "decode_layers", lambda *args: calls.append(1) or decode_layers(*args))
+    with torch.no_grad():
+        fused = paged.forward(input_ids, positions, cache, meta, "native")
+        monkeypatch.setattr(fused_cpu, "usable", lambda tensor: False)  # torch ops layer by layer
+        reference = paged.forward(input_ids, positions, reference_cache, meta, "native")
+    assert calls == [1]
+    torch.testing.assert_close(fused, reference, **TOLERANCE["decode_layers"])
+    torch.testing.assert_close(cache, reference_cache, **TOLERANCE["decode_layers"])
+
+
+def test_decode_layers_sees_weights_changed_in_place():
+    """No copy of the weights: an in-place update shows in the next call, as in ``PagedModel.forward``."""
+    model = tiny_qwen2()
+    paged, input_ids, positions, cache, meta = _decode_step(model, CONTEXT_LENS)
+    with torch.no_grad():
+        before = paged.forward(input_ids, positions, cache.clone(), meta, "native")
+        model.model.layers[1].mlp.down_proj.weight.mul_(2.0)
+        after = paged.forward(input_ids, positions, cache.clone(), meta, "native")
+    assert not torch.allclose(before, after)
+
+
+def test_decode_layers_only_for_cached_weights_or_enough_rows_per_thread(monkeypatch):
+    """Weights beyond the cache threshold: the fused path needs FUSED_DECODE_MIN_ROWS_PER_THREAD rows a thread."""
+    paged, _, _, _, meta = _decode_step(tiny_qwen2(), CONTEXT_LENS)
+    hidden = torch.zeros(len(CONTEXT_LENS), paged.decoder.embed_tokens.weight.shape[1])
+    assert paged._fused_decode(hidden, meta, "native")
+    assert not paged._fused_decode(hidden, meta, "torch")
+    monkeypatch.setattr(model_module, "FUSED_DECODE_CACHED_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(model_module, "FUSED_DECODE_MIN_ROWS_PER_THREAD", len(CONTEXT_LENS))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert paged._fused_decode(hidden, meta, "native")
+        torch.set_num_threads(2)
+        assert not paged._fused_decode(hidden, meta, "native")
+    finally:
+        torch.set_num_threads(before)
+
+
+def _decode_layers_args(model=None):
+    paged, input_ids, positions, cache, meta = _decode_step(model or tiny_qwen2(), CONTEXT_LENS[:5])
+    hidden = paged.decoder.embed_tokens.weight.detach()[input_ids]
+    weights = [None if p is None else p.detach() for p in (params.get(name) for params, name in paged._decode_weight_slots)]
+    return (hidden, weights, *paged._rope_tables, positions, cache, meta.slot_mapping, meta.block_tables,
+            meta.context_lens, paged.num_heads, paged.eps, paged.scale)
+
+
+def test_decode_layers_rejects_bad_input():
+    args = _decode_layers_args()
+    weights = args[1]
+    float64_q = weights[:1] + [weights[1].double()] + weights[2:]
+    missing_q = weights[:1] + [None] + weights[2:]
+    for bad in [dict(hidden=args[0].double()), dict(weights=weights[:-1]), dict(weights=float64_q),
+                dict(weights=missing_q), dict(weights=weights[:-1] + [None]), dict(kv_cache=args[5][0])]:
+        named = dict(zip(["hidden", "weights", "cos", "sin", "positions", "kv_cache"], args[:6])) | bad
+        with pytest.raises(ValueError):
+            fused_cpu.decode_layers(*named.values(), *args[6:])
+
+
 def _gumbel_args():
     return torch.randn(3, 11).log_softmax(-1), torch.tensor([1, 2, 3]), torch.tensor([0, 5, 9])
 
@@ -284,6 +413,7 @@ def test_gumbel_argmax_rejects_bad_input():
     ("silu_mul_", lambda: (torch.randn(3, 7), torch.randn(3, 7))),
     ("rope_write_kv", lambda: tuple(_rope_args().values())),
     ("gumbel_argmax", _gumbel_args),
+    ("decode_layers", _decode_layers_args),
 ])
 def test_opcheck(op, make_args):
     torch.library.opcheck(getattr(torch.ops.effreason, op).default, make_args())

@@ -1,0 +1,150 @@
+// The whole decoder stack of a CPU float32 decode step in one op, split over rows (effreason/sampler/
+// fused_cpu.py::decode_layers). The torch path of effreason/sampler/model.py is the reference.
+//
+// At decode every row (one sequence's newest token) is independent of the others through all layers:
+// it reads only its own KV-cache blocks and writes only its own slot. So each thread takes a contiguous
+// range of rows and runs every layer on it alone, with no synchronisation between layers:
+//
+//   per layer:  x = RMSNorm(h);  q, k, v = x Wq^T + bq, x Wk^T + bk, x Wv^T + bv
+//               q, k = RoPE(q, k); K/V cache[slot] = k, v;  a = PagedAttention(q, cache)
+//               h += a Wo^T + bo;  x = RMSNorm(h);  h += (silu(x Wg^T + bg) * (x Wu^T + bu)) Wd^T + bd
+//   out = RMSNorm_final(h)
+//
+// Against the torch path (one multithreaded op at a time), this removes the ~60 fork/joins per step
+// and the Python dispatch of every op, and each thread's matrix products run single-threaded on its
+// rows, which on the 2-core CI machine beats splitting every small GEMM in two (bench/RESULTS.md).
+// The small ops are the registered ones (rms_norm, silu_mul_, rope_write_kv, paged_attention_decode),
+// called through the dispatcher; inside a parallel region their own at::parallel_for runs inline.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <vector>
+
+namespace effreason {
+namespace {
+
+// Weights of one layer in the order of the op's ``weights`` list (biases may be None).
+enum LayerWeight : int64_t {
+  kInputNorm, kQWeight, kQBias, kKWeight, kKBias, kVWeight, kVBias, kOWeight, kOBias,
+  kPostNorm, kGateWeight, kGateBias, kUpWeight, kUpBias, kDownWeight, kDownBias, kWeightsPerLayer
+};
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+struct SmallOps {
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, double)> rms_norm =
+      op<at::Tensor(const at::Tensor&, const at::Tensor&, double)>("effreason::rms_norm");
+  c10::TypedOperatorHandle<void(at::Tensor&, const at::Tensor&)> silu_mul =
+      op<void(at::Tensor&, const at::Tensor&)>("effreason::silu_mul_");
+  c10::TypedOperatorHandle<void(at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&, at::Tensor&, at::Tensor&, const at::Tensor&)>
+      rope_write_kv = op<void(at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&, at::Tensor&, at::Tensor&, const at::Tensor&)>("effreason::rope_write_kv");
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      const at::Tensor&, double)>
+      attention = op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&, double)>("effreason::paged_attention_decode");
+};
+
+// x W^T + b (b optional), as torch.nn.functional.linear.
+at::Tensor linear(const at::Tensor& x, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias) {
+  return bias.has_value() ? at::addmm(*bias, x, weight->t()) : at::mm(x, weight->t());
+}
+
+// residual += x W^T + b in place.
+void add_linear_(at::Tensor& residual, const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                 const std::optional<at::Tensor>& bias) {
+  residual.addmm_(x, weight->t());
+  if (bias.has_value()) residual.add_(*bias);
+}
+
+struct Step {
+  const std::vector<std::optional<at::Tensor>>& weights;
+  const at::Tensor& cos_table;
+  const at::Tensor& sin_table;
+  const at::Tensor& positions;
+  at::Tensor& kv_cache;
+  const at::Tensor& slot_mapping;
+  const at::Tensor& block_tables;
+  const at::Tensor& context_lens;
+  int64_t num_heads, num_kv_heads, head_dim;
+  double eps, scale;
+};
+
+// Every layer, then the final norm, for rows [begin, end): hidden rows updated in place, out rows written.
+void run_rows(const SmallOps& ops, const Step& s, at::Tensor& hidden, at::Tensor& out, int64_t begin, int64_t end) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // thread-local: the weights require grad
+  const int64_t rows = end - begin;
+  at::Tensor h = hidden.slice(0, begin, end);
+  const at::Tensor positions = s.positions.slice(0, begin, end), slots = s.slot_mapping.slice(0, begin, end);
+  const at::Tensor tables = s.block_tables.slice(0, begin, end), lens = s.context_lens.slice(0, begin, end);
+  const int64_t num_layers = s.kv_cache.size(0);
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    const auto* w = s.weights.data() + layer * kWeightsPerLayer;
+    at::Tensor k_cache = s.kv_cache[layer][0], v_cache = s.kv_cache[layer][1];
+    at::Tensor x = ops.rms_norm.call(h, *w[kInputNorm], s.eps);
+    at::Tensor query = linear(x, w[kQWeight], w[kQBias]).view({rows, s.num_heads, s.head_dim});
+    at::Tensor key = linear(x, w[kKWeight], w[kKBias]).view({rows, s.num_kv_heads, s.head_dim});
+    const at::Tensor value = linear(x, w[kVWeight], w[kVBias]).view({rows, s.num_kv_heads, s.head_dim});
+    ops.rope_write_kv.call(query, key, value, s.cos_table, s.sin_table, positions, k_cache, v_cache, slots);
+    const at::Tensor attended = ops.attention.call(query, k_cache, v_cache, tables, lens, s.scale);
+    add_linear_(h, attended.view({rows, s.num_heads * s.head_dim}), w[kOWeight], w[kOBias]);
+    x = ops.rms_norm.call(h, *w[kPostNorm], s.eps);
+    at::Tensor gate = linear(x, w[kGateWeight], w[kGateBias]);
+    ops.silu_mul.call(gate, linear(x, w[kUpWeight], w[kUpBias]));
+    add_linear_(h, gate, w[kDownWeight], w[kDownBias]);
+  }
+  out.slice(0, begin, end).copy_(ops.rms_norm.call(h, *s.weights.back(), s.eps));
+}
+
+at::Tensor decode_layers_cpu(const at::Tensor& hidden, const std::vector<std::optional<at::Tensor>>& weights,
+                             const at::Tensor& cos_table, const at::Tensor& sin_table, const at::Tensor& positions,
+                             at::Tensor& kv_cache, const at::Tensor& slot_mapping, const at::Tensor& block_tables,
+                             const at::Tensor& context_lens, int64_t num_heads, double eps, double scale) {
+  TORCH_CHECK_VALUE(hidden.dim() == 2 && hidden.device().is_cpu() && hidden.scalar_type() == at::kFloat,
+                    "hidden must be a float32 CPU tensor (N, C)");
+  TORCH_CHECK_VALUE(kv_cache.dim() == 6 && kv_cache.size(1) == 2 && kv_cache.is_contiguous(),
+                    "kv_cache must be contiguous (layers, 2, num_blocks, Hkv, block_size, D)");
+  const int64_t num_layers = kv_cache.size(0);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) == num_layers * kWeightsPerLayer + 1,
+                    "weights must hold ", kWeightsPerLayer, " entries per layer and the final norm");
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    for (int64_t index : {kInputNorm, kQWeight, kKWeight, kVWeight, kOWeight, kPostNorm, kGateWeight, kUpWeight,
+                          kDownWeight}) {
+      const auto& weight = weights[layer * kWeightsPerLayer + index];
+      TORCH_CHECK_VALUE(weight.has_value() && weight->device().is_cpu() && weight->scalar_type() == at::kFloat,
+                        "norm and projection weights must be float32 CPU tensors");
+    }
+  }
+  TORCH_CHECK_VALUE(weights.back().has_value(), "the final norm weight is required");
+  static const SmallOps ops;
+  const Step step{weights, cos_table, sin_table, positions, kv_cache, slot_mapping, block_tables, context_lens,
+                  num_heads, kv_cache.size(3), kv_cache.size(5), eps, scale};
+  at::Tensor residual = hidden.contiguous().clone();
+  at::Tensor out = at::empty_like(residual);
+  // one contiguous range of rows per thread (grain: at least 8 rows each)
+  at::parallel_for(0, residual.size(0), 8, [&](int64_t begin, int64_t end) {
+    run_rows(ops, step, residual, out, begin, end);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(effreason, m) {
+  m.def("decode_layers(Tensor hidden, Tensor?[] weights, Tensor cos_table, Tensor sin_table, Tensor positions, "
+        "Tensor(a!) kv_cache, Tensor slot_mapping, Tensor block_tables, Tensor context_lens, int num_heads, "
+        "float eps, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(effreason, CPU, m) {
+  m.impl("decode_layers", &decode_layers_cpu);
+}
+
+}  // namespace effreason
