@@ -12,7 +12,9 @@
 //
 // Against the torch path (one multithreaded op at a time), this removes the ~60 fork/joins per step
 // and the Python dispatch of every op, and each thread's matrix products run single-threaded on its
-// rows, which on the 2-core CI machine beats splitting every small GEMM in two (bench/RESULTS.md).
+// rows, which on the 2-core CI machine beats splitting every small GEMM in two (bench/RESULTS.md). Each
+// thread reads all the weights, so effreason/sampler/model.py calls this op only while they fit the
+// cache or every thread has enough rows (PagedModel._fused_decode).
 // The small ops are the registered ones (rms_norm, silu_mul_, rope_write_kv, paged_attention_decode),
 // called through the dispatcher; inside a parallel region their own at::parallel_for runs inline.
 #include <ATen/ATen.h>
@@ -109,8 +111,9 @@ at::Tensor decode_layers_cpu(const at::Tensor& hidden, const std::vector<std::op
                              const at::Tensor& context_lens, int64_t num_heads, double eps, double scale) {
   TORCH_CHECK_VALUE(hidden.dim() == 2 && hidden.device().is_cpu() && hidden.scalar_type() == at::kFloat,
                     "hidden must be a float32 CPU tensor (N, C)");
-  TORCH_CHECK_VALUE(kv_cache.dim() == 6 && kv_cache.size(1) == 2 && kv_cache.is_contiguous(),
-                    "kv_cache must be contiguous (layers, 2, num_blocks, Hkv, block_size, D)");
+  TORCH_CHECK_VALUE(kv_cache.dim() == 6 && kv_cache.size(1) == 2 && kv_cache.is_contiguous() &&
+                        kv_cache.device().is_cpu() && kv_cache.scalar_type() == at::kFloat,
+                    "kv_cache must be a contiguous float32 CPU tensor (layers, 2, num_blocks, Hkv, block_size, D)");
   const int64_t num_layers = kv_cache.size(0);
   TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) == num_layers * kWeightsPerLayer + 1,
                     "weights must hold ", kWeightsPerLayer, " entries per layer and the final norm");

@@ -43,8 +43,9 @@ def cpu_zeros_on_huge_pages(shape: tuple[int, ...], dtype: torch.dtype) -> torch
     Decode attention reads every sequence's K/V tiles scattered over the whole cache; with 4 KiB pages
     nearly each tile is a TLB miss, a two-level page walk on a VM. ``madvise(MADV_HUGEPAGE)`` on a private
     anonymous mapping asks for huge pages even where THP is "madvise" only (measured on the 2-core CI VM,
-    one process, interleaved: 18-24% less time in the decode attention, bench/RESULTS.md). Elsewhere,
-    or for less than a huge page, plain ``torch.zeros``. The tensor keeps the mapping alive.
+    one process, interleaved: 18-24% less time in the decode attention with blocks scattered over the
+    cache, 1-2% of the whole bench where they stay compact; bench/RESULTS.md). Elsewhere, or for less
+    than a huge page, plain ``torch.zeros``. The tensor keeps the mapping alive.
     """
     nbytes = math.prod(shape) * dtype.itemsize
     if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_HUGEPAGE") or nbytes < HUGE_PAGE_BYTES:

@@ -351,7 +351,8 @@ def test_decode_layers_rejects_bad_input():
     float64_q = weights[:1] + [weights[1].double()] + weights[2:]
     missing_q = weights[:1] + [None] + weights[2:]
     for bad in [dict(hidden=args[0].double()), dict(weights=weights[:-1]), dict(weights=float64_q),
-                dict(weights=missing_q), dict(weights=weights[:-1] + [None]), dict(kv_cache=args[5][0])]:
+                dict(weights=missing_q), dict(weights=weights[:-1] + [None]), dict(kv_cache=args[5][0]),
+                dict(kv_cache=args[5].double())]:
         named = dict(zip(["hidden", "weights", "cos", "sin", "positions", "kv_cache"], args[:6])) | bad
         with pytest.raises(ValueError):
             fused_cpu.decode_layers(*named.values(), *args[6:])
