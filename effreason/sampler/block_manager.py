@@ -4,6 +4,7 @@ prefix cache of full blocks addressed by their content."""
 from __future__ import annotations
 
 import array
+import collections
 import hashlib
 
 from effreason.sampler.sequence import Sequence
@@ -32,7 +33,9 @@ class BlockManager:
         self.num_blocks = num_blocks
         self.prefix_caching = prefix_caching
         self.ref_counts = [0] * num_blocks
-        self.free_blocks: dict[int, None] = dict.fromkeys(range(num_blocks))  # ordered: least recently freed first
+        # least recently freed first; an OrderedDict pops its first key in O(1), where a dict's first key
+        # after many deletions is found by scanning the deleted slots (20k takes: 215 vs 5 ms)
+        self.free_blocks: collections.OrderedDict[int, None] = collections.OrderedDict.fromkeys(range(num_blocks))
         self.block_digest: list[bytes | None] = [None] * num_blocks
         self.cached_blocks: dict[bytes, int] = {}  # digest -> block holding that prefix's K/V
 
@@ -56,8 +59,7 @@ class BlockManager:
 
     def _take(self) -> int:
         """A free block (the least recently freed), no longer cached under its old digest."""
-        block = next(iter(self.free_blocks))
-        del self.free_blocks[block]
+        block, _ = self.free_blocks.popitem(last=False)
         digest = self.block_digest[block]
         if digest is not None:
             del self.cached_blocks[digest]
@@ -96,7 +98,7 @@ class BlockManager:
             if digest not in self.cached_blocks and self.block_digest[block] is None:
                 self.cached_blocks[digest] = block
                 self.block_digest[block] = digest
-        seq.block_table = table
+        seq.block_table = array.array("i", table)
 
     def share(self, child: Sequence) -> None:
         """Count ``child`` as one more owner of every block in its (copied) block table."""
@@ -109,7 +111,7 @@ class BlockManager:
             self.ref_counts[block] -= 1
             if self.ref_counts[block] == 0:
                 self.free_blocks[block] = None
-        seq.block_table = []
+        seq.block_table = array.array("i")
 
     def blocks_to_append(self, seq: Sequence) -> int:
         """New blocks (0 or 1) that writing ``seq``'s last token (position ``num_tokens - 1``) needs."""

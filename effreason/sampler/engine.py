@@ -37,6 +37,11 @@ CPU_DEFAULT_KV_TOKENS = 65536
 HUGE_PAGE_BYTES = 2 << 20
 
 
+def _int64_rows(values: array.array, num_columns: int, device: torch.device) -> torch.Tensor:
+    """The int64 ``array`` ``values`` as a (rows, num_columns) tensor on ``device``, one host-to-device copy."""
+    return torch.frombuffer(values, dtype=torch.int64).view(-1, num_columns).to(device)
+
+
 def cpu_zeros_on_huge_pages(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A zero-filled CPU tensor in memory the kernel may back with 2 MiB transparent huge pages (Linux).
 
@@ -302,9 +307,10 @@ class _Run:
         else:
             logits, rows = self._decode(batch.seqs), [(seq, seq.sample_indices[0]) for seq in batch.seqs]
         keys = self.keys
-        streams = torch.tensor([(keys[seq.prompt_index][j], len(seq.token_ids) - seq.num_prompt_tokens)
-                                for seq, j in rows], device=self.device)  # (rows, 2): stream key, step
-        tokens, logprobs, trainer = sample(logits, self.params, streams[:, 0], streams[:, 1])
+        stream_keys = array.array("q", [keys[seq.prompt_index][j] for seq, j in rows])
+        steps = array.array("q", [len(seq.token_ids) - seq.num_prompt_tokens for seq, _ in rows])
+        streams = _int64_rows(stream_keys + steps, len(rows), self.device)  # (2, rows): stream key, step
+        tokens, logprobs, trainer = sample(logits, self.params, streams[0], streams[1])
         drawn = torch.stack((tokens.double(), logprobs.double(), trainer.double())).cpu().tolist()
         if batch.is_prefill:
             self._fork_prefilled(batch.seqs, drawn)
@@ -347,15 +353,21 @@ class _Run:
         return model.logits(hidden.index_select(0, last)), rows
 
     def _decode_inputs(self, seqs: list[Sequence]):
-        device = self.device
+        """Input ids (B,), positions (B,) and block tables (B, max blocks) int32 zero-padded, on the device.
+
+        Built as raw int32 / int64 buffers (the tables are ``array``s): at 512 sequences 0.14 ms of
+        host time where lists of Python ints took 0.76 ms (2-core CPU VM).
+        """
         width = max(len(seq.block_table) for seq in seqs)
-        flat, padding = array.array("i"), [0] * width  # a flat int32 buffer converts ~30% faster than nested lists
+        padding, flat = array.array("i", bytes(4 * width)), array.array("i")
         for seq in seqs:
-            flat.extend(seq.block_table)
-            flat.extend(padding[len(seq.block_table):])
-        tables = torch.frombuffer(flat, dtype=torch.int32).view(len(seqs), width).to(device)  # (B, MB)
-        tokens = torch.tensor([(seq.token_ids[-1], len(seq.token_ids) - 1) for seq in seqs], device=device)
-        return tokens[:, 0], tokens[:, 1], tables  # input ids, positions
+            flat += seq.block_table
+            flat += padding[len(seq.block_table):]
+        tables = torch.frombuffer(flat, dtype=torch.int32).view(len(seqs), width).to(self.device)
+        input_ids = array.array("q", [seq.token_ids[-1] for seq in seqs])
+        positions = array.array("q", [len(seq.token_ids) - 1 for seq in seqs])
+        tokens = _int64_rows(input_ids + positions, len(seqs), self.device)
+        return tokens[0], tokens[1], tables
 
     def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
         input_ids, positions, tables = self._decode_inputs(seqs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import enum
 
@@ -52,7 +53,7 @@ class Sequence:
         self.sample_indices = sample_indices
         self.token_ids = token_ids
         self.num_prompt_tokens = len(token_ids) if num_prompt_tokens is None else num_prompt_tokens
-        self.block_table: list[int] = []
+        self.block_table = array.array("i")  # int32 block ids: the decode step copies them out as raw bytes
         self.num_cached_tokens = 0  # leading tokens whose K/V the prefix cache held at allocation
         self.logprobs: list[float] = []
         self.trainer_logprobs: list[float] = []
@@ -76,7 +77,7 @@ class Sequence:
         """A child taking sample index ``sample_indices[position]``, sharing this sequence's block table."""
         child = Sequence(seq_id, self.prompt_index, list(self.token_ids), [self.sample_indices[position]],
                          self.num_prompt_tokens)
-        child.block_table = list(self.block_table)
+        child.block_table = array.array("i", self.block_table)
         return child
 
     def append(self, token: int, logprob: float, trainer_logprob: float) -> None:
