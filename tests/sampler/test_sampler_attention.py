@@ -1,4 +1,5 @@
-"""Paged decode attention: torch reference vs a dense float64 oracle, the native op and Triton.
+"""Paged decode attention: torch reference vs a dense float64 oracle, the native op and Triton; the
+CUDA prefill's single padded attention call vs a float64 oracle per sequence.
 
 The Triton cases run on a GPU, or on the CPU under TRITON_INTERPRET=1: without a GPU, a test re-runs
 them in a subprocess with that variable set (it must be set before anything imports Triton).
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from effreason import _backends
-from effreason.sampler.attention import paged_decode_attention_reference
+from effreason.sampler.attention import padded_causal_attention, padding_pays, paged_decode_attention_reference
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
@@ -130,3 +131,30 @@ def test_triton_launcher_rejects_bad_inputs():
     if DEVICE.type == "cpu":
         with pytest.raises(ValueError, match="context_lens"):
             paged_attention_decode(query, k_cache, v_cache, tables, lens * 0, 0.5)
+
+
+# ------------------------------------------------------------------ prefill in one padded call
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lengths, num_heads, num_kv_heads", [([1, 7, 3, 12, 5], 6, 2), ([9], 4, 4), ([2, 2], 3, 1)])
+def test_padded_causal_attention_matches_one_call_per_sequence(lengths, num_heads, num_kv_heads, dtype):
+    """The CUDA prefill's single padded SDPA call vs causal attention of each sequence alone (float64)."""
+    generator = torch.Generator().manual_seed(0)
+    bounds = [(sum(lengths[:s]), sum(lengths[:s + 1])) for s in range(len(lengths))]
+    total, dim = sum(lengths), 8
+    query, key, value = (torch.randn(total, heads, dim, generator=generator).to(DEVICE, dtype)
+                         for heads in (num_heads, num_kv_heads, num_kv_heads))
+    out = padded_causal_attention(query, key, value, bounds, scale=0.3)
+    group = num_heads // num_kv_heads
+    for start, end in bounds:
+        q, k, v = (x[start:end].double().transpose(0, 1) for x in (query, key, value))
+        k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
+        scores = (q @ k.transpose(1, 2) * 0.3).masked_fill(torch.ones(end - start, end - start, dtype=torch.bool,
+                                                                     device=DEVICE).triu(1), float("-inf"))
+        expected = (scores.softmax(-1) @ v).transpose(0, 1)
+        torch.testing.assert_close(out[start:end].double(), expected, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+
+
+def test_padding_pays_only_for_small_masks_and_little_padding():
+    assert padding_pays([(0, 100), (100, 180)])
+    assert not padding_pays([(0, 1), (1, 2), (2, 100)])  # 3 x 100 padded rows for 100 tokens
+    assert not padding_pays([(s * 4096, (s + 1) * 4096) for s in range(64)])  # a 1 GiB mask
