@@ -36,7 +36,8 @@ class AttentionMetadata:
     * prefill: ``seq_bounds`` python ``[(start, end)]`` of each sequence in the packed tokens,
       ``cu_seqlens`` (S + 1,) int32 and ``max_seqlen`` for varlen kernels; ``prefix_lens`` python
       ``[c]``: each sequence's leading tokens already in the cache (its packed tokens are positions
-      ``c ..``), with ``prefix_tables`` (each sequence's block table) when any ``c > 0``.
+      ``c ..``), with ``prefix_tables`` (each sequence's block table) when any ``c > 0``; on CUDA,
+      ``padded_layout`` (``padded_layout``'s rows and mask), set by the first layer that pads.
     * decode: ``block_tables`` (B, max_blocks) int32, ``context_lens`` (B,) int32, and for the
       torch path ``gather_index`` (B * Hkv * max_blocks,) and ``padding_mask`` (B * Hkv, 1, T).
     """
@@ -52,6 +53,7 @@ class AttentionMetadata:
     context_lens: torch.Tensor | None = None
     gather_index: torch.Tensor | None = None
     padding_mask: torch.Tensor | None = None
+    padded_layout: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -128,20 +130,33 @@ def padding_pays(seq_bounds: list[tuple[int, int]]) -> bool:
             and len(seq_bounds) * longest <= PADDED_PREFILL_MAX_WASTE * total)
 
 
-def padded_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            seq_bounds: list[tuple[int, int]], scale: float) -> torch.Tensor:
-    """Causal attention of packed sequences, query (N, H, D), key/value (N, Hkv, D), in one SDPA call.
+def padded_layout(seq_bounds: list[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where packed sequences go in a zero-padded batch, for ``padded_causal_attention``.
 
-    Sequence ``s`` (packed tokens ``start_s .. end_s - 1``) becomes row ``s`` of a zero-padded
-    (S, heads, L, D) batch, L its longest length; query ``i`` sees keys ``j <= i`` with ``j < length_s``
-    (a padded query row still sees key 0, so no row is empty; padded rows are dropped). K/V heads are
-    repeated to the query heads: SDPA's memory-efficient CUDA kernel takes a mask but not grouped heads.
-    On CUDA this replaces one SDPA call per sequence and layer (1,536 calls, 0.3 s, for the GPU bench's
-    64 prompts on an H200), whose launches dominated.
+    Returns ``rows`` (N,): row ``s * L + i`` of token ``i`` of sequence ``s`` (L the longest length),
+    and ``visible`` (S, 1, L, L) bool: query ``i`` sees keys ``j <= i`` with ``j < length_s`` (a padded
+    query row still sees key 0, so no row is empty).
     """
     lengths = [end - start for start, end in seq_bounds]
-    num_seqs, longest = len(lengths), max(lengths)
-    rows = torch.cat([torch.arange(length) + s * longest for s, length in enumerate(lengths)]).to(query.device)
+    longest = max(lengths)
+    rows = torch.cat([torch.arange(length) + s * longest for s, length in enumerate(lengths)]).to(device)
+    positions = torch.arange(longest, device=device)
+    real_keys = positions < torch.tensor(lengths, device=device)[:, None]  # (S, L)
+    visible = (positions[None, :] <= positions[:, None])[None] & real_keys[:, None]  # (S, L queries, L keys)
+    return rows, visible[:, None]
+
+
+def padded_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: torch.Tensor,
+                            visible: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of packed sequences, query (N, H, D), key/value (N, Hkv, D), in one SDPA call.
+
+    ``rows``, ``visible`` from ``padded_layout``: sequence ``s`` becomes row ``s`` of a zero-padded
+    (S, heads, L, D) batch; padded rows are dropped from the output. K/V heads are repeated to the
+    query heads: SDPA's memory-efficient CUDA kernel takes a mask but not grouped heads. On CUDA this
+    replaces one SDPA call per sequence and layer (1,536 calls, 0.3 s, for the GPU bench's 64 prompts
+    on an H200), whose launches dominated.
+    """
+    num_seqs, longest = visible.shape[0], visible.shape[-1]
     group = query.shape[1] // key.shape[1]
 
     def padded(x: torch.Tensor, repeat: int) -> torch.Tensor:
@@ -150,11 +165,8 @@ def padded_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch
         out = out.view(num_seqs, longest, *x.shape[1:]).transpose(1, 2)  # (S, heads, L, D)
         return out.repeat_interleave(repeat, dim=1) if repeat > 1 else out
 
-    positions = torch.arange(longest, device=query.device)
-    real_keys = positions < torch.tensor(lengths, device=query.device)[:, None]  # (S, L)
-    visible = (positions[None, :] <= positions[:, None])[None] & real_keys[:, None]  # (S, L queries, L keys)
     attended = F.scaled_dot_product_attention(padded(query, 1), padded(key, group), padded(value, group),
-                                              attn_mask=visible[:, None], scale=scale)
+                                              attn_mask=visible, scale=scale)
     return attended.transpose(1, 2).reshape(num_seqs * longest, *query.shape[1:])[rows]
 
 
@@ -171,7 +183,9 @@ def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         return flash.flash_attn_varlen_func(query, key, value, meta.cu_seqlens, meta.cu_seqlens,
                                             meta.max_seqlen, meta.max_seqlen, softmax_scale=scale, causal=True)
     if no_prefix and query.is_cuda and len(meta.seq_bounds) > 1 and padding_pays(meta.seq_bounds):
-        return padded_causal_attention(query, key, value, meta.seq_bounds, scale)
+        if meta.padded_layout is None:  # built by the first layer, shared by the others
+            meta.padded_layout = padded_layout(meta.seq_bounds, query.device)
+        return padded_causal_attention(query, key, value, *meta.padded_layout, scale)
     out = torch.empty_like(query)
     for index, (start, end) in enumerate(meta.seq_bounds):
         q = query[start:end].transpose(0, 1)  # (H, L, D)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from effreason import _backends
-from effreason.sampler.attention import padded_causal_attention, padding_pays, paged_decode_attention_reference
+from effreason.sampler.attention import (padded_causal_attention, padded_layout, padding_pays,
+                                         paged_decode_attention_reference)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
@@ -143,7 +144,7 @@ def test_padded_causal_attention_matches_one_call_per_sequence(lengths, num_head
     total, dim = sum(lengths), 8
     query, key, value = (torch.randn(total, heads, dim, generator=generator).to(DEVICE, dtype)
                          for heads in (num_heads, num_kv_heads, num_kv_heads))
-    out = padded_causal_attention(query, key, value, bounds, scale=0.3)
+    out = padded_causal_attention(query, key, value, *padded_layout(bounds, DEVICE), scale=0.3)
     group = num_heads // num_kv_heads
     for start, end in bounds:
         q, k, v = (x[start:end].double().transpose(0, 1) for x in (query, key, value))
