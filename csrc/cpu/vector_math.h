@@ -31,22 +31,24 @@ __attribute__((always_inline)) inline int32_t bits_from_float(float value) {
   return bits;
 }
 
+// exp_approx's constants (shared with the AVX-512 version in csrc/paged_attention/paged_attention_avx512.cpp).
+namespace exp_constants {
+constexpr float kMin = -87.f, kMax = 88.f;  // e^x is 0 below kMin; x is clamped to kMax (e^88 ~ 1.7e38)
+constexpr float kLog2e = 1.4426950408889634f, kLn2Hi = 0.693145751953125f, kLn2Lo = 1.428606765330187e-06f;
+constexpr float kTaylor[7] = {1.f / 720.f, 1.f / 120.f, 1.f / 24.f, 1.f / 6.f, 0.5f, 1.f, 1.f};  // Horner order
+}  // namespace exp_constants
+
 // e^x as 2^n p(r) with x = n ln2 + r, |r| <= ln2 / 2, p the degree-6 Taylor polynomial (relative error
-// < 2e-7). 0 below -87; x above 88 is clamped to 88 (e^88 ~ 1.7e38, no inf).
+// < 2e-7). 0 below -87; x above 88 is clamped to 88 (no inf).
 __attribute__((always_inline)) inline float exp_approx(float x) {
-  constexpr float kLog2e = 1.4426950408889634f, kLn2Hi = 0.693145751953125f, kLn2Lo = 1.428606765330187e-06f;
-  const float clamped = std::min(std::max(x, -87.f), 88.f);
+  using namespace exp_constants;
+  const float clamped = std::min(std::max(x, kMin), kMax);
   const float n = std::nearbyint(clamped * kLog2e);
   const float r = (clamped - n * kLn2Hi) - n * kLn2Lo;
-  float p = 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
+  float p = kTaylor[0];
+  for (int i = 1; i < 7; ++i) p = p * r + kTaylor[i];
   const float scale = float_from_bits((static_cast<int32_t>(n) + 127) << 23);
-  return x < -87.f ? 0.f : p * scale;
+  return x < kMin ? 0.f : p * scale;
 }
 
 // ln x for a normal float x > 0 (Cephes logf): x = m 2^e with m in [sqrt(1/2), sqrt(2)), then

@@ -29,6 +29,8 @@ SHAPES = [
     (2, 8, 2, 16, 32, [5, 40]),  # AVX-512 scoring: head dim 16, two 16-row halves per tile
     (3, 14, 2, 64, 16, [1, 129, 300]),  # Qwen2.5-0.5B heads: several 128-token tiles, a partial one
     (2, 4, 1, 32, 256, [200, 300]),  # flash-attn's block size: Triton tiles smaller than a cache block
+    (3, 6, 2, 128, 8, [1, 6, 23]),  # CPU AVX-512 path: group 3 (one zero query), two heads per P V pass,
+    (2, 8, 1, 32, 2, [4, 11]),  # blocks smaller than its four-row score chunks; group 8: two passes
 ]
 
 
@@ -100,6 +102,19 @@ def test_native_op_registration_and_value_errors():
     if DEVICE.type == "cpu":
         with pytest.raises(ValueError, match="context_lens"):
             torch.ops.effreason.paged_attention_decode(query, k_cache, v_cache, tables, lens * 100, 0.5)
+
+
+@pytest.mark.skipif(not native_on_device, reason="effreason._C without paged_attention_decode for this device")
+def test_native_op_reads_strided_query_heads():
+    """Query heads further apart than head_dim (a view of a wider tensor) give the contiguous result."""
+    query, k_cache, v_cache, tables, lens = _inputs(SHAPES[3], torch.float32)
+    wide = torch.zeros(query.shape[0], query.shape[1], 2 * query.shape[2], device=DEVICE)
+    wide[..., :query.shape[2]] = query
+    strided = wide[..., :query.shape[2]]
+    assert strided.stride(1) == 2 * query.shape[2]
+    expected = torch.ops.effreason.paged_attention_decode(query, k_cache, v_cache, tables, lens, 0.37)
+    torch.testing.assert_close(torch.ops.effreason.paged_attention_decode(strided, k_cache, v_cache, tables, lens, 0.37),
+                               expected, atol=0, rtol=0)
 
 
 triton_usable = _backends.triton_usable_on(DEVICE)
