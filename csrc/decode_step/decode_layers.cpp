@@ -8,7 +8,7 @@
 //   per layer:  x = RMSNorm(h);  q, k, v = x Wq^T + bq, x Wk^T + bk, x Wv^T + bv
 //               q, k = RoPE(q, k); K/V cache[slot] = k, v;  a = PagedAttention(q, cache)
 //               h += a Wo^T + bo;  x = RMSNorm(h);  h += (silu(x Wg^T + bg) * (x Wu^T + bu)) Wd^T + bd
-//   out = RMSNorm_final(h)
+//   out = RMSNorm_final(h), or with an LM head W_lm the next-token logits RMSNorm_final(h) W_lm^T
 //
 // Against the torch path (one multithreaded op at a time), this removes the ~60 fork/joins per step
 // and the Python dispatch of every op, and each thread's matrix products run single-threaded on its
@@ -79,7 +79,8 @@ struct Step {
   double eps, scale;
 };
 
-// Every layer, then the final norm, for rows [begin, end): hidden rows updated in place, out rows written.
+// Every layer, the final norm and the LM head when given, for rows [begin, end): hidden rows updated in
+// place, out rows written.
 void run_rows(const SmallOps& ops, const Step& s, at::Tensor& hidden, at::Tensor& out, int64_t begin, int64_t end) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // thread-local: the weights require grad
   const int64_t rows = end - begin;
@@ -102,7 +103,14 @@ void run_rows(const SmallOps& ops, const Step& s, at::Tensor& hidden, at::Tensor
     ops.silu_mul.call(gate, linear(x, w[kUpWeight], w[kUpBias]));
     add_linear_(h, gate, w[kDownWeight], w[kDownBias]);
   }
-  out.slice(0, begin, end).copy_(ops.rms_norm.call(h, *s.weights.back(), s.eps));
+  const at::Tensor normed = ops.rms_norm.call(h, *s.weights[num_layers * kWeightsPerLayer], s.eps);
+  at::Tensor out_rows = out.slice(0, begin, end);
+  const auto& lm_head = s.weights.back();
+  if (lm_head.has_value()) {
+    at::mm_out(out_rows, normed, lm_head->t());
+  } else {
+    out_rows.copy_(normed);
+  }
 }
 
 at::Tensor decode_layers_cpu(const at::Tensor& hidden, const std::vector<std::optional<at::Tensor>>& weights,
@@ -115,8 +123,8 @@ at::Tensor decode_layers_cpu(const at::Tensor& hidden, const std::vector<std::op
                         kv_cache.device().is_cpu() && kv_cache.scalar_type() == at::kFloat,
                     "kv_cache must be a contiguous float32 CPU tensor (layers, 2, num_blocks, Hkv, block_size, D)");
   const int64_t num_layers = kv_cache.size(0);
-  TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) == num_layers * kWeightsPerLayer + 1,
-                    "weights must hold ", kWeightsPerLayer, " entries per layer and the final norm");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) == num_layers * kWeightsPerLayer + 2,
+                    "weights must hold ", kWeightsPerLayer, " entries per layer, the final norm and the LM head");
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     for (int64_t index : {kInputNorm, kQWeight, kKWeight, kVWeight, kOWeight, kPostNorm, kGateWeight, kUpWeight,
                           kDownWeight}) {
@@ -125,12 +133,17 @@ at::Tensor decode_layers_cpu(const at::Tensor& hidden, const std::vector<std::op
                         "norm and projection weights must be float32 CPU tensors");
     }
   }
-  TORCH_CHECK_VALUE(weights.back().has_value(), "the final norm weight is required");
+  TORCH_CHECK_VALUE(weights[num_layers * kWeightsPerLayer].has_value(), "the final norm weight is required");
+  const auto& lm_head = weights.back();
+  TORCH_CHECK_VALUE(!lm_head.has_value() || (lm_head->dim() == 2 && lm_head->size(1) == hidden.size(1) &&
+                                             lm_head->device().is_cpu() && lm_head->scalar_type() == at::kFloat),
+                    "the LM head must be None or a float32 CPU tensor (vocab, C)");
   static const SmallOps ops;
   const Step step{weights, cos_table, sin_table, positions, kv_cache, slot_mapping, block_tables, context_lens,
                   num_heads, kv_cache.size(3), kv_cache.size(5), eps, scale};
   at::Tensor residual = hidden.contiguous().clone();
-  at::Tensor out = at::empty_like(residual);
+  at::Tensor out = lm_head.has_value() ? at::empty({residual.size(0), lm_head->size(0)}, residual.options())
+                                       : at::empty_like(residual);
   // one contiguous range of rows per thread (grain: at least 8 rows each)
   at::parallel_for(0, residual.size(0), 8, [&](int64_t begin, int64_t end) {
     run_rows(ops, step, residual, out, begin, end);

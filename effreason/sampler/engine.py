@@ -383,8 +383,7 @@ class _Run:
         if self.sampler.backend == "torch":
             meta.gather_index = attention.gather_index(tables, model.num_kv_heads)
             meta.padding_mask = attention.padding_mask(context_lens, model.num_kv_heads, tables.shape[1] * block_size)
-        hidden = model.forward(input_ids, positions, self.sampler.kv_cache, meta, self.sampler.backend)
-        return model.logits(hidden)
+        return model.forward(input_ids, positions, self.sampler.kv_cache, meta, self.sampler.backend, logits=True)
 
     # ----------------------------------------------------------------- bookkeeping
     def _fork_prefilled(self, seqs: list[Sequence], drawn: list[list[float]]) -> None:

@@ -7,7 +7,7 @@ At decode sizes (a few hundred rows) a chain of small torch ops costs more in pe
 * ``silu_mul_(gate, up)``: ``gate <- silu(gate) * up`` (SwiGLU);
 * ``rope_write_kv``: RoPE of query and key in place, then key and value into their cache slots;
 * ``gumbel_argmax``: the Gumbel-max draw of ``sampling.gumbel_argmax`` (same uniforms, logs within ~1 ulp);
-* ``decode_layers``: every decoder layer of a decode step and the final norm in one op, each thread
+* ``decode_layers``: every decoder layer of a decode step, the final norm and the LM head in one op, each thread
   running all layers on its own range of rows (``csrc/decode_step/decode_layers.cpp``).
 
 The torch code they replace (``model.py``, ``attention.py``, ``sampling.py``) is the reference and
@@ -49,7 +49,8 @@ if _has_ops():
     @torch.library.register_fake("effreason::decode_layers")
     def _decode_layers_fake(hidden, weights, cos_table, sin_table, positions, kv_cache, slot_mapping, block_tables,
                             context_lens, num_heads, eps, scale):
-        return hidden.new_empty(hidden.shape)
+        lm_head = weights[-1]
+        return hidden.new_empty(hidden.shape if lm_head is None else (hidden.shape[0], lm_head.shape[0]))
 
     @torch.library.register_fake("effreason::gumbel_argmax")
     def _gumbel_argmax_fake(log_probs, keys, steps):
@@ -88,12 +89,14 @@ def decode_layers(hidden: torch.Tensor, weights: list[torch.Tensor | None], cos_
                   sin_table: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor,
                   block_tables: torch.Tensor, context_lens: torch.Tensor, num_heads: int, eps: float,
                   scale: float) -> torch.Tensor:
-    """Final hidden states (N, C) of a decode step from its token embeddings ``hidden`` (N, C).
+    """Final hidden states (N, C) of a decode step from its token embeddings ``hidden`` (N, C), or their
+    next-token logits (N, V) when the LM head is given.
 
     Runs every layer of ``PagedModel._layer`` (SiLU MLP, paged attention over ``block_tables`` /
-    ``context_lens``, K/V written at ``slot_mapping`` of ``kv_cache`` (layers, 2, blocks, Hkv, bs, D))
-    and the final RMSNorm. ``weights``: per layer input norm, q/k/v/o weight and bias, post-attention
-    norm, gate/up/down weight and bias (None for an absent bias), then the final norm weight.
+    ``context_lens``, K/V written at ``slot_mapping`` of ``kv_cache`` (layers, 2, blocks, Hkv, bs, D)),
+    the final RMSNorm and the LM head. ``weights``: per layer input norm, q/k/v/o weight and bias,
+    post-attention norm, gate/up/down weight and bias (None for an absent bias), then the final norm
+    weight and the LM head weight (V, C) (None: return the hidden states).
     """
     return torch.ops.effreason.decode_layers(hidden, weights, cos_table, sin_table, positions, kv_cache, slot_mapping,
                                              block_tables, context_lens, num_heads, eps, scale)

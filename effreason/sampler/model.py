@@ -7,7 +7,7 @@ from the HF modules at every call (no copy), so an optimizer step is seen by the
 
 The layers run op by op (``_layer``; on the CPU in float32 the small ops are ``fused_cpu``'s native
 ones), except a CPU float32 decode step, which runs whole in ``fused_cpu.decode_layers`` when
-``_fused_decode`` says so: each thread takes its own rows through every layer.
+``_fused_decode`` says so: each thread takes its own rows through every layer and the LM head.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from effreason.sampler import attention, fused_cpu
 from effreason.sampler.attention import AttentionMetadata
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
-# ``fused_cpu.decode_layers`` gives each thread its own rows, so every thread reads all layer weights.
+# ``fused_cpu.decode_layers`` gives each thread its own rows, so every thread reads all layer and LM head weights.
 # That pays while the weights stay in the last-level cache, or while each thread has enough rows for its
 # products to stay compute-bound; otherwise one multithreaded product per layer (MKL splits the weights)
 # reads them once. Thresholds chosen, not measured beyond the 2-core CI VM (bench/RESULTS.md).
@@ -100,11 +100,15 @@ class PagedModel:
         self._parameter_slots = [(module._parameters, name) for module in hf_model.modules()
                                  for name, param in module._parameters.items() if param is not None]
         self._decode_weight_slots = self._layer_weight_slots()
-        self._layer_weight_bytes = sum(params[name].nbytes for params, name in self._decode_weight_slots
-                                       if params[name] is not None)
+        head = hf_model.lm_head
+        # the fused decode op computes the logits too when the LM head is a plain x W^T
+        self._lm_head_slot = (head._parameters, "weight") if getattr(head, "bias", None) is None else None
+        self._decode_weight_bytes = sum(params[name].nbytes for params, name in self._decode_weight_slots
+                                        if params[name] is not None) + head.weight.nbytes
 
     def _layer_weight_slots(self) -> list[tuple[dict, str]]:
-        """(owner's parameter dict, name) of each entry of ``fused_cpu.decode_layers``' weight list."""
+        """(owner's parameter dict, name) of each entry of ``fused_cpu.decode_layers``' weight list but the
+        last (the LM head)."""
         slots = []
         for layer in self.decoder.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -156,8 +160,9 @@ class PagedModel:
         return self._rope_tables
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata, backend: str) -> torch.Tensor:
-        """Final hidden states (N, hidden) of packed tokens ``input_ids`` (N,) at ``positions`` (N,).
+                meta: AttentionMetadata, backend: str, *, logits: bool = False) -> torch.Tensor:
+        """Final hidden states (N, hidden) of packed tokens ``input_ids`` (N,) at ``positions`` (N,), or with
+        ``logits`` their float32 next-token logits (N, vocab).
 
         Call ``rope_tables`` with the largest position + 1 first.
 
@@ -166,21 +171,25 @@ class PagedModel:
         hidden = F.embedding(input_ids, self.decoder.embed_tokens.weight)  # (N, hidden)
         if self._fused_decode(hidden, meta, backend):
             weights = [params.get(name) for params, name in self._decode_weight_slots]  # current tensors, no copy
-            return fused_cpu.decode_layers(hidden, weights, *self._rope_tables, positions, kv_cache, meta.slot_mapping,
-                                           meta.block_tables, meta.context_lens, self.num_heads, self.eps, self.scale)
+            head = self._lm_head_slot if logits else None
+            weights.append(head[0][head[1]] if head else None)
+            out = fused_cpu.decode_layers(hidden, weights, *self._rope_tables, positions, kv_cache, meta.slot_mapping,
+                                          meta.block_tables, meta.context_lens, self.num_heads, self.eps, self.scale)
+            return self.logits(out) if logits and head is None else out
         # the torch RoPE path gathers each position's cos/sin once for all layers; the fused op reads the tables
         cos_sin = None if fused_cpu.usable(hidden) else \
             tuple(table.index_select(0, positions)[:, None] for table in self._rope_tables)  # (N, 1, D) each
         for index, layer in enumerate(self.decoder.layers):
             hidden = self._layer(layer, hidden, positions, cos_sin, kv_cache[index], meta, backend)
-        return _rms_norm(hidden, self.decoder.norm, self.eps)
+        hidden = _rms_norm(hidden, self.decoder.norm, self.eps)
+        return self.logits(hidden) if logits else hidden
 
     def _fused_decode(self, hidden: torch.Tensor, meta: AttentionMetadata, backend: str) -> bool:
         """Whether this step runs as one ``fused_cpu.decode_layers`` call: a float32 CPU decode step with
         the native attention and a SiLU MLP, weights that fit the cache or enough rows per thread."""
         if meta.is_prefill or backend != "native" or self.hidden_act != "silu" or not fused_cpu.usable(hidden):
             return False
-        return (self._layer_weight_bytes <= FUSED_DECODE_CACHED_WEIGHT_BYTES
+        return (self._decode_weight_bytes <= FUSED_DECODE_CACHED_WEIGHT_BYTES
                 or hidden.shape[0] >= FUSED_DECODE_MIN_ROWS_PER_THREAD * torch.get_num_threads())
 
     def _rope_and_cache(self, query, key, value, positions, cos_sin, k_cache, v_cache, meta):

@@ -308,6 +308,19 @@ def test_decode_layers_matches_the_layer_by_layer_path(model_name, num_threads, 
     torch.testing.assert_close(cache, reference_cache, **TOLERANCE["decode_layers"])
 
 
+@pytest.mark.parametrize("model_name", ["qwen2", "qwen2_tied"])
+def test_decode_layers_computes_the_logits_with_the_lm_head(model_name, num_threads, monkeypatch):
+    """``forward(logits=True)`` folds the LM head (tied or not) into the op: the logits of the torch path."""
+    paged, input_ids, positions, cache, meta = _decode_step(DECODE_MODELS[model_name](), CONTEXT_LENS)
+    reference_cache = cache.clone()
+    with torch.no_grad():
+        fused = paged.forward(input_ids, positions, cache, meta, "native", logits=True)
+        monkeypatch.setattr(fused_cpu, "usable", lambda tensor: False)
+        reference = paged.forward(input_ids, positions, reference_cache, meta, "native", logits=True)
+    assert fused.shape == (len(CONTEXT_LENS), VOCAB)
+    torch.testing.assert_close(fused, reference, **TOLERANCE["decode_layers"])
+
+
 def test_decode_layers_sees_weights_changed_in_place():
     """No copy of the weights: an in-place update shows in the next call, as in ``PagedModel.forward``."""
     model = tiny_qwen2()
@@ -341,6 +354,7 @@ def _decode_layers_args(model=None):
     paged, input_ids, positions, cache, meta = _decode_step(model or tiny_qwen2(), CONTEXT_LENS[:5])
     hidden = paged.decoder.embed_tokens.weight.detach()[input_ids]
     weights = [None if p is None else p.detach() for p in (params.get(name) for params, name in paged._decode_weight_slots)]
+    weights.append(None)  # no LM head: hidden states out
     return (hidden, weights, *paged._rope_tables, positions, cache, meta.slot_mapping, meta.block_tables,
             meta.context_lens, paged.num_heads, paged.eps, paged.scale)
 
@@ -351,8 +365,10 @@ def test_decode_layers_rejects_bad_input():
     float64_q = weights[:1] + [weights[1].double()] + weights[2:]
     missing_q = weights[:1] + [None] + weights[2:]
     for bad in [dict(hidden=args[0].double()), dict(weights=weights[:-1]), dict(weights=float64_q),
-                dict(weights=missing_q), dict(weights=weights[:-1] + [None]), dict(kv_cache=args[5][0]),
-                dict(kv_cache=args[5].double())]:
+                dict(weights=missing_q), dict(weights=weights[:-2] + [None, None]),  # no final norm
+                dict(weights=weights[:-1] + [torch.randn(VOCAB, args[0].shape[1] + 1)]),  # LM head of another width
+                dict(weights=weights[:-1] + [torch.randn(VOCAB, args[0].shape[1]).double()]),
+                dict(kv_cache=args[5][0]), dict(kv_cache=args[5].double())]:
         named = dict(zip(["hidden", "weights", "cos", "sin", "positions", "kv_cache"], args[:6])) | bad
         with pytest.raises(ValueError):
             fused_cpu.decode_layers(*named.values(), *args[6:])
