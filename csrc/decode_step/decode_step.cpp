@@ -7,6 +7,7 @@
 //   rope_write_kv(q, k, v, ...)  : q, k rotated in place (half-split RoPE at each token's position),
 //                                  then k, v stored at each token's cache slot (slots distinct)
 //   gumbel_argmax(lp, keys, steps)[b] = argmax_v lp[b, v] - log(-log U[b, v])   (U: sampling.uniform_noise)
+//   gumbel_sample(x, keys, steps)      = (gumbel_argmax(lp, keys, steps), lp[b, token])  with lp = log_softmax(x)
 //
 // The Gumbel noise uses the same 64-bit counter hash as the torch version, so the uniforms are bit
 // for bit the same; the two logs are vectorised (csrc/cpu/vector_math.h) and agree to about 1 ulp.
@@ -170,58 +171,110 @@ __attribute__((always_inline)) inline uint64_t mix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// score[v] = log_probs[v] - log(-log U_v), U_v = (top 23 bits of mix64(row + G (first + v)) + 0.5) / 2^23.
+// score[v] = (values[v] - shift) - log(-log U_v), U_v = (top 23 bits of mix64(row + G (first + v)) + 0.5) / 2^23.
 EFFREASON_CPU_CLONES
-void gumbel_scores(const float* log_probs, uint64_t row, int64_t first, int64_t size, float* score) {
+void gumbel_scores(const float* values, float shift, uint64_t row, int64_t first, int64_t size, float* score) {
   for (int64_t v = 0; v < size; ++v) {
     const uint64_t bits = mix64(row + kGolden * static_cast<uint64_t>(first + v));
     const float uniform = (static_cast<float>(static_cast<int32_t>(bits >> 41)) + 0.5f) * (1.f / 8388608.f);
-    score[v] = log_probs[v] - cpu::log_approx(-cpu::log_approx(uniform));
+    score[v] = (values[v] - shift) - cpu::log_approx(-cpu::log_approx(uniform));
   }
+}
+
+// argmax_v (values[v] - shift) - log(-log U_v) over one row of `vocab_size` values (the row's stream
+// `row`): torch.argmax's first maximum, a NaN counting as the maximum.
+int64_t gumbel_row(const float* values, float shift, uint64_t row, int64_t vocab_size) {
+  constexpr int64_t kChunk = 512;
+  float score[kChunk];
+  float best = -std::numeric_limits<float>::infinity();
+  int64_t best_index = 0;
+  for (int64_t first = 0; first < vocab_size; first += kChunk) {
+    const int64_t size = std::min(kChunk, vocab_size - first);
+    gumbel_scores(values + first, shift, row, first, size, score);
+    for (int64_t v = 0; v < size; ++v) {
+      if (std::isnan(score[v])) return first + v;
+      if (score[v] > best) {
+        best = score[v];
+        best_index = first + v;
+      }
+    }
+  }
+  return best_index;
+}
+
+// log sum_v e^{x_v}, as max + log sum_v e^{x_v - max} (kLanes partial maxima and sums, so it vectorises).
+EFFREASON_CPU_CLONES
+float log_sum_exp(const float* x, int64_t size) {
+  float partial_max[kLanes], partial_sum[kLanes] = {};
+  std::fill(partial_max, partial_max + kLanes, -std::numeric_limits<float>::infinity());
+  int64_t v = 0;
+  for (; v + kLanes <= size; v += kLanes) {
+    for (int lane = 0; lane < kLanes; ++lane) partial_max[lane] = std::max(partial_max[lane], x[v + lane]);
+  }
+  float top = *std::max_element(partial_max, partial_max + kLanes);
+  for (; v < size; ++v) top = std::max(top, x[v]);
+  for (v = 0; v + kLanes <= size; v += kLanes) {
+    for (int lane = 0; lane < kLanes; ++lane) partial_sum[lane] += cpu::exp_approx(x[v + lane] - top);
+  }
+  float total = 0.f;
+  for (; v < size; ++v) total += cpu::exp_approx(x[v] - top);
+  for (int lane = 0; lane < kLanes; ++lane) total += partial_sum[lane];
+  return top + std::log(total);
+}
+
+// The (B,) int64 keys and steps of a Gumbel op's rows, checked.
+void check_streams(const at::Tensor& keys, const at::Tensor& steps, int64_t num_rows) {
+  for (const auto* t : {&keys, &steps}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == num_rows && t->scalar_type() == at::kLong && t->device().is_cpu(),
+                      "keys and steps must be int64 CPU tensors of shape (B,)");
+  }
+}
+
+// The stream of row b: mix64(key G + step), as sampling.row_streams.
+inline uint64_t row_stream(int64_t key, int64_t step) {
+  return mix64(static_cast<uint64_t>(key) * kGolden + static_cast<uint64_t>(step));
 }
 
 at::Tensor gumbel_argmax_cpu(const at::Tensor& log_probs, const at::Tensor& keys, const at::Tensor& steps) {
   check_float_cpu(log_probs, "log_probs");
   TORCH_CHECK_VALUE(log_probs.dim() == 2 && log_probs.stride(1) == 1, "log_probs must be (B, V) with contiguous rows");
-  const int64_t num_rows = log_probs.size(0), vocab_size = log_probs.size(1);
-  for (const auto* t : {&keys, &steps}) {
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == num_rows && t->scalar_type() == at::kLong && t->device().is_cpu(),
-                      "keys and steps must be int64 CPU tensors of shape (B,)");
-  }
+  check_streams(keys, steps, log_probs.size(0));
   const at::Tensor key = keys.contiguous(), step = steps.contiguous();
-  at::Tensor tokens = at::empty({num_rows}, keys.options());
-  constexpr int64_t kChunk = 512;
+  at::Tensor tokens = at::empty({log_probs.size(0)}, keys.options());
   const int64_t* key_ptr = key.data_ptr<int64_t>();
   const int64_t* step_ptr = step.data_ptr<int64_t>();
-  const float* log_probs_ptr = log_probs.data_ptr<float>();
   int64_t* token_ptr = tokens.data_ptr<int64_t>();
-  at::parallel_for(0, num_rows, 1, [&](int64_t begin, int64_t end) {
-    float score[kChunk];
+  at::parallel_for(0, log_probs.size(0), 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      const uint64_t row = mix64(static_cast<uint64_t>(key_ptr[b]) * kGolden + static_cast<uint64_t>(step_ptr[b]));
-      const float* row_log_probs = log_probs_ptr + b * log_probs.stride(0);
-      float best = -std::numeric_limits<float>::infinity();
-      int64_t best_index = 0;
-      bool seen_nan = false;
-      for (int64_t first = 0; first < vocab_size && !seen_nan; first += kChunk) {
-        const int64_t size = std::min(kChunk, vocab_size - first);
-        gumbel_scores(row_log_probs + first, row, first, size, score);
-        for (int64_t v = 0; v < size; ++v) {  // torch.argmax: the first maximum, NaN counts as the maximum
-          if (std::isnan(score[v])) {
-            best_index = first + v;
-            seen_nan = true;
-            break;
-          }
-          if (score[v] > best) {
-            best = score[v];
-            best_index = first + v;
-          }
-        }
-      }
-      token_ptr[b] = best_index;
+      token_ptr[b] = gumbel_row(log_probs.data_ptr<float>() + b * log_probs.stride(0), 0.f,
+                                row_stream(key_ptr[b], step_ptr[b]), log_probs.size(1));
     }
   });
   return tokens;
+}
+
+std::tuple<at::Tensor, at::Tensor> gumbel_sample_cpu(const at::Tensor& logits, const at::Tensor& keys,
+                                                     const at::Tensor& steps) {
+  check_float_cpu(logits, "logits");
+  TORCH_CHECK_VALUE(logits.dim() == 2 && logits.size(1) > 0 && logits.stride(1) == 1,
+                    "logits must be (B, V) with V > 0 and contiguous rows");
+  check_streams(keys, steps, logits.size(0));
+  const at::Tensor key = keys.contiguous(), step = steps.contiguous();
+  at::Tensor tokens = at::empty({logits.size(0)}, keys.options());
+  at::Tensor log_probs = at::empty({logits.size(0)}, logits.options());
+  const int64_t* key_ptr = key.data_ptr<int64_t>();
+  const int64_t* step_ptr = step.data_ptr<int64_t>();
+  int64_t* token_ptr = tokens.data_ptr<int64_t>();
+  float* log_prob_ptr = log_probs.data_ptr<float>();
+  at::parallel_for(0, logits.size(0), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const float* row = logits.data_ptr<float>() + b * logits.stride(0);
+      const float shift = log_sum_exp(row, logits.size(1));  // log_softmax(x) = x - shift
+      token_ptr[b] = gumbel_row(row, shift, row_stream(key_ptr[b], step_ptr[b]), logits.size(1));
+      log_prob_ptr[b] = row[token_ptr[b]] - shift;
+    }
+  });
+  return {tokens, log_probs};
 }
 
 }  // namespace
@@ -232,6 +285,7 @@ TORCH_LIBRARY_FRAGMENT(effreason, m) {
   m.def("rope_write_kv(Tensor(a!) query, Tensor(b!) key, Tensor value, Tensor cos_table, Tensor sin_table, "
         "Tensor positions, Tensor(c!) k_cache, Tensor(d!) v_cache, Tensor slot_mapping) -> ()");
   m.def("gumbel_argmax(Tensor log_probs, Tensor keys, Tensor steps) -> Tensor");
+  m.def("gumbel_sample(Tensor logits, Tensor keys, Tensor steps) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(effreason, CPU, m) {
@@ -239,6 +293,7 @@ TORCH_LIBRARY_IMPL(effreason, CPU, m) {
   m.impl("silu_mul_", &silu_mul_cpu);
   m.impl("rope_write_kv", &rope_write_kv_cpu);
   m.impl("gumbel_argmax", &gumbel_argmax_cpu);
+  m.impl("gumbel_sample", &gumbel_sample_cpu);
 }
 
 }  // namespace effreason

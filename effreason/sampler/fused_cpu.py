@@ -7,6 +7,7 @@ At decode sizes (a few hundred rows) a chain of small torch ops costs more in pe
 * ``silu_mul_(gate, up)``: ``gate <- silu(gate) * up`` (SwiGLU);
 * ``rope_write_kv``: RoPE of query and key in place, then key and value into their cache slots;
 * ``gumbel_argmax``: the Gumbel-max draw of ``sampling.gumbel_argmax`` (same uniforms, logs within ~1 ulp);
+* ``gumbel_sample``: log-softmax of raw logits and that draw in one pass, with the drawn token's log-prob;
 * ``decode_layers``: every decoder layer of a decode step, the final norm and the LM head in one op, each thread
   running all layers on its own range of rows (``csrc/decode_step/decode_layers.cpp``).
 
@@ -25,7 +26,7 @@ from effreason import _backends
 
 @functools.lru_cache(maxsize=None)
 def _has_ops() -> bool:
-    return _backends.has_native() and hasattr(torch.ops.effreason, "decode_layers")  # the newest op of the build
+    return _backends.has_native() and hasattr(torch.ops.effreason, "gumbel_sample")  # the newest op of the build
 
 
 def usable(tensor: torch.Tensor) -> bool:
@@ -56,6 +57,10 @@ if _has_ops():
     def _gumbel_argmax_fake(log_probs, keys, steps):
         return log_probs.new_empty(log_probs.shape[0], dtype=torch.int64)
 
+    @torch.library.register_fake("effreason::gumbel_sample")
+    def _gumbel_sample_fake(logits, keys, steps):
+        return logits.new_empty(logits.shape[0], dtype=torch.int64), logits.new_empty(logits.shape[0])
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``weight * (x * rsqrt(mean(x^2, -1) + eps))`` of rows x (N, C)."""
@@ -83,6 +88,12 @@ def rope_write_kv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, c
 def gumbel_argmax(log_probs: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """``argmax_v(log_probs[b, v] - log(-log U[b, v]))``, ``U = sampling.uniform_noise(keys, steps, V)``: (B,)."""
     return torch.ops.effreason.gumbel_argmax(log_probs, keys, steps)
+
+
+def gumbel_sample(logits: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens, log_probs)`` (B,): ``gumbel_argmax(log_softmax(logits), keys, steps)`` and each drawn token's
+    ``log_softmax(logits)`` (within ~1 ulp of torch's), one pass over each row of ``logits`` (B, V)."""
+    return torch.ops.effreason.gumbel_sample(logits, keys, steps)
 
 
 def decode_layers(hidden: torch.Tensor, weights: list[torch.Tensor | None], cos_table: torch.Tensor,

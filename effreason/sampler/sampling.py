@@ -116,8 +116,11 @@ def sample(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor,
         full = torch.log_softmax(logits, dim=-1)
         return tokens, torch.zeros_like(full[:, 0]), full.gather(1, tokens[:, None])[:, 0]
     scaled = logits if params.temperature == 1.0 else logits / params.temperature
-    full = torch.log_softmax(scaled, dim=-1)
     truncated = params.top_k > 0 or params.top_p < 1.0
+    if not truncated and fused_cpu.usable(scaled):  # drawn from the full distribution: one native pass
+        tokens, logprobs = fused_cpu.gumbel_sample(scaled, keys, steps)
+        return tokens, logprobs, logprobs
+    full = torch.log_softmax(scaled, dim=-1)
     drawn_from = torch.log_softmax(truncate_logits(scaled, params.top_k, params.top_p), dim=-1) if truncated else full
     tokens = gumbel_argmax(drawn_from, keys, steps)
     picked = tokens[:, None]

@@ -203,6 +203,34 @@ def test_gumbel_argmax_matches_torch_formula(num_rows, vocab):
     assert torch.equal(fused_cpu.gumbel_argmax(log_probs.clone(), keys.clone(), steps.clone()), tokens)
 
 
+@pytest.mark.parametrize("vocab", [1, 2, 513, 50000])
+@pytest.mark.parametrize("num_rows", [1, 3, 64])
+def test_gumbel_sample_is_log_softmax_then_the_draw(num_rows, vocab):
+    """Raw logits (some masked to -inf, rows 1000 apart): the torch formula's tokens on log_softmax, and
+    their log-probs."""
+    generator = torch.Generator().manual_seed(num_rows * vocab)
+    wide = 3 * torch.randn(num_rows, vocab + 7, generator=generator) + 40  # far from 0: the shift matters
+    logits = wide[:, :vocab]
+    if vocab > 2:
+        logits[:, ::3] = float("-inf")
+    keys = torch.randint(-2**62, 2**62, (num_rows,), generator=generator)
+    steps = torch.randint(0, 1000, (num_rows,), generator=generator)
+    tokens, log_probs = fused_cpu.gumbel_sample(logits, keys, steps)
+    reference = torch.log_softmax(logits, dim=-1)
+    assert tokens.dtype == torch.int64 and log_probs.dtype == torch.float32 and tokens.shape == log_probs.shape
+    assert torch.equal(tokens, _torch_gumbel_argmax(reference, keys, steps))
+    # a few ulps of the shift (~45, ulp 4e-6): the sums over V run in another order than torch's
+    torch.testing.assert_close(log_probs, reference.gather(1, tokens[:, None])[:, 0], atol=1e-5, rtol=0)
+
+
+def test_gumbel_sample_rejects_bad_input():
+    logits, keys, steps = torch.randn(3, 11), torch.tensor([1, 2, 3]), torch.tensor([0, 5, 9])
+    for bad in [(logits.double(), keys, steps), (logits.t(), keys, steps), (logits[:, :0], keys, steps),
+                (logits, keys[:2], steps), (logits, keys, steps.int())]:
+        with pytest.raises(ValueError):
+            fused_cpu.gumbel_sample(*bad)
+
+
 def test_gumbel_argmax_strided_rows_and_nan_like_torch():
     generator = torch.Generator().manual_seed(7)
     wide = torch.log_softmax(torch.randn(4, 1100, generator=generator), dim=-1)
