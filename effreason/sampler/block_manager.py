@@ -113,27 +113,28 @@ class BlockManager:
                 self.free_blocks[block] = None
         seq.block_table = array.array("i")
 
-    def blocks_to_append(self, seq: Sequence) -> int:
-        """New blocks (0 or 1) that writing ``seq``'s last token (position ``num_tokens - 1``) needs."""
-        index = (len(seq.token_ids) - 1) // self.block_size
-        if index == len(seq.block_table):
-            return 1
-        return int(self.ref_counts[seq.block_table[index]] > 1)
+    def blocks_to_append(self, seq: Sequence, num_positions: int = 1) -> int:
+        """New blocks that writing ``seq``'s next ``num_positions`` positions needs, from its last token's
+        (``num_tokens - 1``): blocks past its table, plus a private copy of a shared block it writes into."""
+        table, first = seq.block_table, (len(seq.token_ids) - 1) // self.block_size
+        beyond = (len(seq.token_ids) - 2 + num_positions) // self.block_size + 1 - len(table)
+        if first == len(table):  # the common case: the positions start a new block
+            return beyond
+        return max(0, beyond) + int(self.ref_counts[table[first]] > 1)
 
-    def prepare_append(self, seq: Sequence) -> tuple[int, int] | None:
-        """Make the block of ``seq``'s last position exist and be private.
+    def prepare_append(self, seq: Sequence, num_positions: int = 1) -> tuple[int, int] | None:
+        """Make the blocks of ``seq``'s next ``num_positions`` positions exist and be private.
 
-        Returns ``(source, destination)`` when a shared block was copied on write (the
-        caller copies the KV data), else None. Call only when ``blocks_to_append`` fit.
+        Returns ``(source, destination)`` when a shared block was copied on write (the caller copies
+        the KV data), else None. Call only when ``blocks_to_append`` fit.
         """
-        index = (len(seq.token_ids) - 1) // self.block_size
-        if index == len(seq.block_table):
-            seq.block_table.append(self._take())
-            return None
-        shared = seq.block_table[index]
-        if self.ref_counts[shared] == 1:
-            return None
-        self.ref_counts[shared] -= 1
-        private = self._take()
-        seq.block_table[index] = private
-        return shared, private
+        table, first = seq.block_table, (len(seq.token_ids) - 1) // self.block_size
+        copy = None
+        if first < len(table) and self.ref_counts[table[first]] > 1:
+            shared = table[first]
+            self.ref_counts[shared] -= 1
+            table[first] = self._take()
+            copy = (shared, table[first])
+        for _ in range((len(seq.token_ids) - 2 + num_positions) // self.block_size + 1 - len(table)):
+            table.append(self._take())
+        return copy

@@ -5,14 +5,14 @@
                                                           stop_token_ids=(eos,), seed=step))
     results[i][j].token_ids, .logprobs, .trainer_logprobs, .finish_reason
 
-Each step is a prefill (new or preempted sequences) or a one-token decode of every running
-sequence (continuous batching, ``scheduler.py``). A prompt is prefilled once and forked into its
-``n`` samples, which share its KV blocks (``block_manager.py``). Full prompt blocks already in the
-prefix cache (shared by earlier prompts, in this call or an earlier one with the same weights) are
-not recomputed; a change to any parameter empties that cache. Model, attention and sampling of a
-step run without host syncs; the one device-to-host copy per step is the sampled tokens and their
-log-probs, which the scheduler needs (stop tokens, lengths). On CUDA the decode forward is replayed
-from a CUDA graph (``cuda_graph.py``).
+Each scheduling round is a prefill (new or preempted sequences) or up to ``DECODE_WINDOW`` one-token
+decode steps of every running sequence (continuous batching, ``scheduler.py``). A prompt is
+prefilled once and forked into its ``n`` samples, which share its KV blocks (``block_manager.py``).
+Full prompt blocks already in the prefix cache (shared by earlier prompts, in this call or an
+earlier one with the same weights) are not recomputed; a change to any parameter empties that cache.
+Model, attention and sampling run without host syncs; the one device-to-host copy per round is the
+sampled tokens and their log-probs, which the scheduler needs (stop tokens, lengths). On CUDA the
+decode forward is replayed from a CUDA graph (``cuda_graph.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ from effreason.sampler.scheduler import ScheduledBatch, Scheduler
 from effreason.sampler.sequence import Completion, Sequence
 
 CPU_DEFAULT_KV_TOKENS = 65536
+# Decode steps per scheduling round: the blocks of all of them are taken up front and the sampled
+# tokens stay on the device, so the host's per-sequence bookkeeping (stop tokens, lengths, blocks) runs
+# once per round. A sequence that draws a stop token mid-round costs the round's remaining steps of its
+# row (tokens drawn past its end are dropped). On the 2-core CPU VM the host work was ~0.6 ms of a
+# ~8 ms step at 128 sequences (bench/RESULTS.md).
+DECODE_WINDOW = 8
 HUGE_PAGE_BYTES = 2 << 20
 
 
@@ -276,7 +282,7 @@ class _Run:
     def loop(self) -> None:
         scheduler = self.scheduler
         while scheduler.has_work():
-            batch = scheduler.schedule()
+            batch = scheduler.schedule(self._decode_window())
             self._track_memory()
             if batch.seqs:
                 self._step(batch)
@@ -291,6 +297,13 @@ class _Run:
                                    "preemptions": scheduler.num_preemptions,
                                    "cached_prompt_tokens": self.cached_prompt_tokens}
 
+    def _decode_window(self) -> int:
+        """Decode steps every running sequence can take before its length limit, at most ``DECODE_WINDOW``."""
+        max_tokens, max_len = self.params.max_tokens, self.model.max_model_len
+        room = min((min(max_tokens - seq.num_completion_tokens, max_len - seq.num_tokens)
+                    for seq in self.scheduler.running), default=1)
+        return max(1, min(DECODE_WINDOW, room))
+
     def _track_memory(self) -> None:
         """Peak blocks in use, and what they would be if no block were shared (each sequence its own)."""
         manager = self.block_manager
@@ -303,20 +316,40 @@ class _Run:
         if batch.copies:
             self._copy_blocks(batch.copies)
         if batch.is_prefill:
-            logits, rows = self._prefill(batch.seqs)
+            self._prefill_step(batch.seqs)
         else:
-            logits, rows = self._decode(batch.seqs), [(seq, seq.sample_indices[0]) for seq in batch.seqs]
+            self._decode_steps(batch.seqs, batch.num_steps)
+
+    def _streams(self, rows: list[tuple[Sequence, int]]) -> torch.Tensor:
+        """(2, rows) int64 on the device: each row's stream key (prompt, sample index) and its step (tokens
+        sampled so far)."""
         keys = self.keys
         stream_keys = array.array("q", [keys[seq.prompt_index][j] for seq, j in rows])
-        steps = array.array("q", [len(seq.token_ids) - seq.num_prompt_tokens for seq, _ in rows])
-        streams = _int64_rows(stream_keys + steps, len(rows), self.device)  # (2, rows): stream key, step
+        steps = array.array("q", [seq.num_completion_tokens for seq, _ in rows])
+        return _int64_rows(stream_keys + steps, len(rows), self.device)
+
+    def _prefill_step(self, seqs: list[Sequence]) -> None:
+        logits, rows = self._prefill(seqs)
+        streams = self._streams(rows)
         tokens, logprobs, trainer = sample(logits, self.params, streams[0], streams[1])
-        drawn = torch.stack((tokens.double(), logprobs.double(), trainer.double())).cpu().tolist()
-        if batch.is_prefill:
-            self._fork_prefilled(batch.seqs, drawn)
-        else:
-            for seq, token, logprob, trainer_logprob in zip(batch.seqs, *drawn):
-                self._take(seq, int(token), logprob, trainer_logprob)
+        self._fork_prefilled(seqs, torch.stack((tokens.double(), logprobs.double(), trainer.double())).cpu().tolist())
+
+    def _decode_steps(self, seqs: list[Sequence], num_steps: int) -> None:
+        """``num_steps`` decode steps of ``seqs`` (their blocks already taken), each step's tokens fed to
+        the next on the device; then one copy to the host and each sequence's new tokens taken."""
+        input_ids, positions, tables = self._decode_inputs(seqs)
+        streams = self._streams([(seq, seq.sample_indices[0]) for seq in seqs])
+        tokens, logprobs = [], []
+        for step in range(num_steps):
+            logits = self._decode(input_ids, positions, tables)
+            token, logprob, trainer = sample(logits, self.params, streams[0], streams[1] + step)
+            tokens.append(token)
+            logprobs.append(torch.stack((logprob, trainer)))
+            input_ids, positions = token, positions + 1
+        token_rows = torch.stack(tokens, 1).tolist()  # (B, steps)
+        logprob_rows, trainer_rows = torch.stack(logprobs, 2).tolist()  # (2, B, steps)
+        for seq, seq_tokens, seq_logprobs, seq_trainer in zip(seqs, token_rows, logprob_rows, trainer_rows):
+            self._take(seq, seq_tokens, seq_logprobs, seq_trainer)
 
     def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Copy on write: KV data of each source block into its destination, all layers."""
@@ -369,10 +402,10 @@ class _Run:
         tokens = _int64_rows(input_ids + positions, len(seqs), self.device)
         return tokens[0], tokens[1], tables
 
-    def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        input_ids, positions, tables = self._decode_inputs(seqs)
+    def _decode(self, input_ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        """Logits (B, vocab) of one decode step: ``input_ids`` (B,) at ``positions`` (B,) over ``tables``."""
         graphs = self.sampler.graphs
-        if graphs is not None and graphs.fits(len(seqs), tables.shape[1]):
+        if graphs is not None and graphs.fits(len(input_ids), tables.shape[1]):
             return self.model.logits(graphs.run(input_ids, positions, tables))
         model, block_size = self.model, self.sampler.block_size
         slots = self._slots(tables.long(), positions)
@@ -400,17 +433,20 @@ class _Run:
                     self.owners.append(child)
                 self.block_manager.free(seq)
             for child in children:
-                self._take(child, int(drawn[0][row]), drawn[1][row], drawn[2][row])
+                self._take(child, [int(drawn[0][row])], [drawn[1][row]], [drawn[2][row]])
                 row += 1
             ready.extend(children)
         self.scheduler.start_running(ready)
 
-    def _take(self, seq: Sequence, token: int, logprob: float, trainer_logprob: float) -> None:
-        """Append a sampled token to ``seq``; finish it on a stop token or at its length limit."""
-        seq.append(token, logprob, trainer_logprob)
-        num_tokens = len(seq.token_ids)
-        if token in self.stop_ids:
-            self.scheduler.finish(seq, "stop")
-        elif num_tokens - seq.num_prompt_tokens >= self.params.max_tokens or num_tokens >= self.model.max_model_len:
-            self.scheduler.finish(seq, "length")
-
+    def _take(self, seq: Sequence, tokens: list[int], logprobs: list[float], trainer_logprobs: list[float]) -> None:
+        """Append sampled tokens to ``seq`` up to its end: finish it at a stop token (kept) or its length
+        limit; tokens drawn past a stop token are dropped."""
+        count, reason = len(tokens), None
+        if self.stop_ids and not self.stop_ids.isdisjoint(tokens):
+            count, reason = next(i for i, token in enumerate(tokens) if token in self.stop_ids) + 1, "stop"
+        seq.extend(tokens[:count], logprobs[:count], trainer_logprobs[:count])
+        if reason is None and (seq.num_completion_tokens >= self.params.max_tokens
+                               or seq.num_tokens >= self.model.max_model_len):
+            reason = "length"
+        if reason is not None:
+            self.scheduler.finish(seq, reason)

@@ -11,11 +11,12 @@ from effreason.sampler.sequence import Sequence, Status
 
 @dataclasses.dataclass(slots=True)
 class ScheduledBatch:
-    """One model step: a prefill of whole sequences or a one-token decode of running ones."""
+    """A prefill of whole sequences, or ``num_steps`` one-token decode steps of running ones."""
 
     seqs: list[Sequence]
     is_prefill: bool
     copies: list[tuple[int, int]]  # (source block, destination block) copy-on-write pairs
+    num_steps: int = 1
 
 
 class Scheduler:
@@ -42,12 +43,13 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> ScheduledBatch:
-        """The next step: a prefill batch when a waiting sequence fits, else a decode batch."""
+    def schedule(self, decode_steps: int = 1) -> ScheduledBatch:
+        """The next step: a prefill batch when a waiting sequence fits, else a decode batch of
+        ``decode_steps`` steps when blocks for all of them are free, else of one step."""
         prefill = self._admit_waiting()
         if prefill:
             return ScheduledBatch(prefill, True, [])
-        return self._schedule_decode()
+        return self._schedule_decode(decode_steps)
 
     def _fits(self, seq: Sequence, batch_tokens: int, batch_fanout: int) -> bool:
         manager = self.block_manager
@@ -71,12 +73,14 @@ class Scheduler:
             batch_fanout += seq.fanout
         return batch
 
-    def _schedule_decode(self) -> ScheduledBatch:
+    def _schedule_decode(self, num_steps: int) -> ScheduledBatch:
         manager = self.block_manager
-        needy = [seq for seq in self.running if manager.blocks_to_append(seq)]
-        if len(needy) <= manager.num_free:  # the common step: every sequence grows, nobody is preempted
-            copies = [copy for copy in map(manager.prepare_append, needy) if copy is not None]
-            return ScheduledBatch(list(self.running), False, copies)
+        needs = [manager.blocks_to_append(seq, num_steps) for seq in self.running]
+        if sum(needs) <= manager.num_free:  # the common case: every sequence grows, nobody is preempted
+            copies = [manager.prepare_append(seq, num_steps) for seq, need in zip(self.running, needs) if need]
+            return ScheduledBatch(list(self.running), False, [copy for copy in copies if copy], num_steps)
+        if num_steps > 1:
+            return self._schedule_decode(1)
         batch, copies = [], []
         while self.running:
             seq = self.running.popleft()

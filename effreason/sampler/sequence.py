@@ -80,10 +80,10 @@ class Sequence:
         child.block_table = array.array("i", self.block_table)
         return child
 
-    def append(self, token: int, logprob: float, trainer_logprob: float) -> None:
-        self.token_ids.append(token)
-        self.logprobs.append(logprob)
-        self.trainer_logprobs.append(trainer_logprob)
+    def extend(self, tokens: list[int], logprobs: list[float], trainer_logprobs: list[float]) -> None:
+        self.token_ids += tokens
+        self.logprobs += logprobs
+        self.trainer_logprobs += trainer_logprobs
 
     def completion(self) -> Completion:
         return Completion(self.token_ids[self.num_prompt_tokens:], self.logprobs, self.trainer_logprobs,

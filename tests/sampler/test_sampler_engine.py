@@ -121,6 +121,25 @@ def test_stop_token_ends_a_completion_and_is_kept(model):
     assert completion.token_ids == [first, second] and completion.finish_reason == "stop"
 
 
+def test_decode_rounds_of_many_steps_sample_what_single_steps_do(model, monkeypatch):
+    """``DECODE_WINDOW`` steps per round, stop tokens drawn mid-round included: the tokens and log-probs of
+    one step per round."""
+    prompts = random_prompts((6, 11, 2, 19))
+    free_run = Sampler(model).generate(prompts, SamplingParams(n=3, temperature=1.0, max_tokens=20, seed=3))
+    stop = free_run[1][0].token_ids[4]  # drawn mid-round by at least one sample
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=20, seed=3, stop_token_ids=(stop,))
+    rounds = {}
+    for window in (1, engine.DECODE_WINDOW):
+        monkeypatch.setattr(engine, "DECODE_WINDOW", window)
+        rounds[window] = Sampler(model, block_size=4).generate(prompts, params)
+    single, many = rounds[1], rounds[engine.DECODE_WINDOW]
+    assert any(c.finish_reason == "stop" and len(c.token_ids) < 20 for completions in many for c in completions)
+    for single_completions, many_completions in zip(single, many):
+        for one, other in zip(single_completions, many_completions):
+            assert (one.token_ids, one.finish_reason) == (other.token_ids, other.finish_reason)
+            torch.testing.assert_close(torch.tensor(other.logprobs), torch.tensor(one.logprobs), atol=1e-6, rtol=0)
+
+
 def test_context_length_ends_a_completion():
     model = tiny_qwen2()
     prompt = random_prompts((model.config.max_position_embeddings - 3,))[0]

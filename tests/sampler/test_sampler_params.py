@@ -47,6 +47,38 @@ def test_fork_shares_blocks_and_copy_on_write_privatises_the_partial_block():
     assert manager.num_free == 8
 
 
+def test_blocks_for_several_positions_copy_the_shared_block_and_append_the_rest():
+    manager = BlockManager(num_blocks=8, block_size=4)
+    parent = Sequence(0, 0, list(range(6)), [0, 1])  # blocks [0..3] [4 5 _ _]
+    manager.allocate(parent)
+    child = parent.fork(1, 0)
+    manager.share(child)
+    child.token_ids.append(99)  # next positions to write: 6, 7, 8, ..., 6 + n - 1
+    partial = child.block_table[1]
+    assert [manager.blocks_to_append(child, n) for n in (1, 2, 3, 6, 7)] == [1, 1, 2, 2, 3]
+    assert manager.prepare_append(child, 6) == (partial, child.block_table[1])  # positions 6..11
+    assert len(child.block_table) == 3 and manager.ref_counts[partial] == 1
+    assert manager.blocks_to_append(child, 2) == 0 and manager.prepare_append(child, 2) is None
+    child.token_ids.extend([7] * 5)  # 12 tokens: positions 11.. next
+    assert manager.blocks_to_append(child, 1) == 0 and manager.blocks_to_append(child, 2) == 1
+
+
+def test_scheduler_decodes_one_step_when_blocks_for_more_are_short():
+    manager = BlockManager(num_blocks=6, block_size=2)
+    scheduler = Scheduler(manager, max_num_seqs=4, max_num_batched_tokens=64)
+    seqs = [Sequence(i, i, [1 + i, 2, 3], [0]) for i in range(2)]  # two blocks each, none shared
+    for seq in seqs:
+        scheduler.add(seq)
+    scheduler.start_running(scheduler.schedule().seqs)
+    for seq in seqs:
+        seq.token_ids.append(4)  # next position 3: in the second block
+    assert manager.num_free == 2
+    batch = scheduler.schedule(decode_steps=4)  # positions 3..6: two more blocks each, two are free
+    assert not batch.is_prefill and batch.num_steps == 1 and batch.seqs == seqs and manager.num_free == 2
+    batch = scheduler.schedule(decode_steps=2)  # positions 3, 4: one more block each
+    assert batch.num_steps == 2 and manager.num_free == 0 and all(len(seq.block_table) == 3 for seq in seqs)
+
+
 def test_scheduler_keeps_spare_blocks_and_preempts_the_newest_sequence():
     manager = BlockManager(num_blocks=6, block_size=2)
     scheduler = Scheduler(manager, max_num_seqs=4, max_num_batched_tokens=64)
