@@ -338,14 +338,17 @@ class _Run:
         """``num_steps`` decode steps of ``seqs`` (their blocks already taken), each step's tokens fed to
         the next on the device; then one copy to the host and each sequence's new tokens taken."""
         input_ids, positions, tables = self._decode_inputs(seqs)
+        positions = positions + torch.arange(num_steps, device=self.device)[:, None]  # (steps, B), all at once
+        slots = self._slots(tables.long().expand(num_steps, -1, -1), positions)
+        context_lens = (positions + 1).to(torch.int32)
         streams = self._streams([(seq, seq.sample_indices[0]) for seq in seqs])
         tokens, logprobs = [], []
         for step in range(num_steps):
-            logits = self._decode(input_ids, positions, tables)
+            logits = self._decode(input_ids, positions[step], tables, slots[step], context_lens[step])
             token, logprob, trainer = sample(logits, self.params, streams[0], streams[1] + step)
             tokens.append(token)
             logprobs.append(torch.stack((logprob, trainer)))
-            input_ids, positions = token, positions + 1
+            input_ids = token
         token_rows = torch.stack(tokens, 1).tolist()  # (B, steps)
         logprob_rows, trainer_rows = torch.stack(logprobs, 2).tolist()  # (2, B, steps)
         for seq, seq_tokens, seq_logprobs, seq_trainer in zip(seqs, token_rows, logprob_rows, trainer_rows):
@@ -402,14 +405,14 @@ class _Run:
         tokens = _int64_rows(input_ids + positions, len(seqs), self.device)
         return tokens[0], tokens[1], tables
 
-    def _decode(self, input_ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
-        """Logits (B, vocab) of one decode step: ``input_ids`` (B,) at ``positions`` (B,) over ``tables``."""
+    def _decode(self, input_ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor, slots: torch.Tensor,
+                context_lens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, vocab) of one decode step: ``input_ids`` (B,) at ``positions`` (B,) over ``tables``, K/V
+        written at ``slots`` (B,), attending over ``context_lens`` (B,) int32 = positions + 1."""
         graphs = self.sampler.graphs
         if graphs is not None and graphs.fits(len(input_ids), tables.shape[1]):
             return self.model.logits(graphs.run(input_ids, positions, tables))
         model, block_size = self.model, self.sampler.block_size
-        slots = self._slots(tables.long(), positions)
-        context_lens = (positions + 1).to(torch.int32)
         meta = attention.AttentionMetadata(
             is_prefill=False, slot_mapping=slots,
             block_tables=tables, context_lens=context_lens)
