@@ -5,13 +5,13 @@
 //   out[s, h] = sum_{t < L_s} softmax_t(scale * q[s, h] . K[T_s[t / bs], g, t % bs]) V[...],  g = h / group
 //
 // One task per (sequence, KV head) walks the sequence's blocks in place (no gather of the paged
-// cache): the group's query heads score each K tile while it is in L1, an exact two-pass softmax
-// in float32, then P V as row updates. The walk over scattered tiles is latency-bound, so each task
-// prefetches the tiles of the task kPrefetchTasks ahead. Scores take four query heads per pass with
-// one horizontal-add tree for all four (AVX2 + FMA when the CPU has it); the other hot loops are
-// compiled for AVX-512, AVX2 and baseline x86-64 (GCC target_clones) and chosen at load time, with
-// head dims 32 / 64 / 128 compiled in so P V keeps each head's accumulator row in registers. Float32
-// caches on AVX-512 CPUs take the hand-vectorised task of paged_attention_avx512.cpp instead.
+// cache): the group's query heads score each K tile while it is in L1, an exact two-pass softmax in
+// float32, then P V as row updates. Scores take four query heads per pass with one horizontal-add
+// tree for all four (AVX2 + FMA when the CPU has it); the other hot loops are compiled for AVX-512,
+// AVX2 and baseline x86-64 (GCC target_clones) and chosen at load time, with head dims 32 / 64 / 128
+// compiled in so P V keeps each head's accumulator row in registers. Float32 caches on AVX-512 CPUs
+// take the hand-vectorised task of paged_attention_avx512.cpp instead. No software prefetch: asking
+// for the next tasks' tiles ahead was 3-7% slower than the hardware prefetcher alone (bench/RESULTS.md).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -217,18 +217,6 @@ const float* tile_as_float(const scalar_t* tile, int64_t rows, int64_t stride_ro
   return buffer;
 }
 
-// Ask for the cache lines of `rows` rows (row stride `stride_row` elements) of one block tile, so that
-// the scattered tiles of the next task arrive while this one computes (the walk is latency-bound).
-template <typename scalar_t>
-void prefetch_tile(const scalar_t* tile, int64_t rows, int64_t stride_row) {
-  constexpr int64_t kLine = 64;
-  const char* first = reinterpret_cast<const char*>(tile);
-  const int64_t bytes = rows * stride_row * static_cast<int64_t>(sizeof(scalar_t));
-  for (int64_t offset = 0; offset < bytes; offset += kLine) __builtin_prefetch(first + offset, 0, 2);
-}
-
-constexpr int64_t kPrefetchTasks = 2;  // tasks whose tiles are requested ahead of the current one
-
 struct Shapes {
   int64_t num_seqs, num_heads, num_kv_heads, group, head_dim, block_size;
 };
@@ -249,19 +237,7 @@ void decode_cpu(const at::Tensor& query, const at::Tensor& k_cache, const at::Te
   }
   at::parallel_for(0, s.num_seqs * s.num_kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> q(group * dim), acc(group * dim), scores, tile(block_size * dim), inverse_sum(group);
-    const auto prefetch_task = [&](int64_t task) {
-      const int64_t seq = task / s.num_kv_heads, kv_head = task % s.num_kv_heads;
-      const int32_t* table = table_ptr + seq * tables.stride(0);
-      for (int64_t start = 0; start < len_ptr[seq]; start += block_size) {
-        const int64_t block = table[start / block_size];
-        const int64_t rows = std::min(block_size, len_ptr[seq] - start);
-        prefetch_tile(k_ptr + block * k_cache.stride(0) + kv_head * k_cache.stride(1), rows, k_cache.stride(2));
-        prefetch_tile(v_ptr + block * v_cache.stride(0) + kv_head * v_cache.stride(1), rows, v_cache.stride(2));
-      }
-    };
-    for (int64_t task = begin; task < std::min(end, begin + kPrefetchTasks); ++task) prefetch_task(task);
     for (int64_t task = begin; task < end; ++task) {
-      if (task + kPrefetchTasks < end) prefetch_task(task + kPrefetchTasks);
       const int64_t seq = task / s.num_kv_heads, kv_head = task % s.num_kv_heads;
       const int64_t context = len_ptr[seq];
       const int32_t* table = table_ptr + seq * tables.stride(0);
