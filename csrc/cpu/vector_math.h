@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 // Hot loops, compiled for AVX-512 / AVX2+FMA / baseline x86-64 and picked at load time (GCC target_clones).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -49,6 +50,20 @@ __attribute__((always_inline)) inline float exp_approx(float x) {
   for (int i = 1; i < 7; ++i) p = p * r + kTaylor[i];
   const float scale = float_from_bits((static_cast<int32_t>(n) + 127) << 23);
   return x < kMin ? 0.f : p * scale;
+}
+
+// max_i x[i] (-inf for size 0), with kLanes partial maxima so the loop vectorises without -ffast-math;
+// inlined into each caller so it is compiled for the caller's target clones.
+__attribute__((always_inline)) inline float row_max(const float* x, int64_t size) {
+  float partial[kLanes];
+  std::fill(partial, partial + kLanes, -std::numeric_limits<float>::infinity());
+  int64_t i = 0;
+  for (; i + kLanes <= size; i += kLanes) {
+    for (int lane = 0; lane < kLanes; ++lane) partial[lane] = std::max(partial[lane], x[i + lane]);
+  }
+  float top = *std::max_element(partial, partial + kLanes);
+  for (; i < size; ++i) top = std::max(top, x[i]);
+  return top;
 }
 
 // ln x for a normal float x > 0 (Cephes logf): x = m 2^e with m in [sqrt(1/2), sqrt(2)), then

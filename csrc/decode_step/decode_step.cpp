@@ -205,15 +205,10 @@ int64_t gumbel_row(const float* values, float shift, uint64_t row, int64_t vocab
 // log sum_v e^{x_v}, as max + log sum_v e^{x_v - max} (kLanes partial maxima and sums, so it vectorises).
 EFFREASON_CPU_CLONES
 float log_sum_exp(const float* x, int64_t size) {
-  float partial_max[kLanes], partial_sum[kLanes] = {};
-  std::fill(partial_max, partial_max + kLanes, -std::numeric_limits<float>::infinity());
+  const float top = cpu::row_max(x, size);
+  float partial_sum[kLanes] = {};
   int64_t v = 0;
   for (; v + kLanes <= size; v += kLanes) {
-    for (int lane = 0; lane < kLanes; ++lane) partial_max[lane] = std::max(partial_max[lane], x[v + lane]);
-  }
-  float top = *std::max_element(partial_max, partial_max + kLanes);
-  for (; v < size; ++v) top = std::max(top, x[v]);
-  for (v = 0; v + kLanes <= size; v += kLanes) {
     for (int lane = 0; lane < kLanes; ++lane) partial_sum[lane] += cpu::exp_approx(x[v + lane] - top);
   }
   float total = 0.f;

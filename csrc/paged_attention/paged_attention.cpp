@@ -146,15 +146,10 @@ void tile_scores(const float* q, const float* keys, int64_t rows, int64_t group,
 // the exponential (csrc/cpu/vector_math.h) and the sum are one pass.
 EFFREASON_CPU_CLONES
 float exp_shifted_sum(float* row, int64_t size) {
-  float partial_max[kLanes], partial_sum[kLanes] = {};
-  for (int lane = 0; lane < kLanes; ++lane) partial_max[lane] = -std::numeric_limits<float>::infinity();
+  const float top = cpu::row_max(row, size);
+  float partial_sum[kLanes] = {};
   int64_t t = 0;
   for (; t + kLanes <= size; t += kLanes) {
-    for (int lane = 0; lane < kLanes; ++lane) partial_max[lane] = std::max(partial_max[lane], row[t + lane]);
-  }
-  float top = *std::max_element(partial_max, partial_max + kLanes);
-  for (; t < size; ++t) top = std::max(top, row[t]);
-  for (t = 0; t + kLanes <= size; t += kLanes) {
     for (int lane = 0; lane < kLanes; ++lane) {
       row[t + lane] = cpu::exp_approx(row[t + lane] - top);
       partial_sum[lane] += row[t + lane];
