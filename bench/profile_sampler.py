@@ -63,11 +63,12 @@ def parts(sampler: Sampler, model, batch: int, context: int, device: torch.devic
     positions = torch.full((batch,), context - 1, device=device)
     input_ids = torch.randint(0, vocab, (batch,), device=device)
     rows = []
-    if sampler.graphs is not None:
-        rows.append(("decode forward (graph replay)", _per_call_ms(lambda: sampler.graphs.run(input_ids, positions, tables), device)))
     slots = tables.long().gather(1, (positions // sampler.block_size)[:, None])[:, 0] * sampler.block_size
     meta = attention.AttentionMetadata(is_prefill=False, slot_mapping=slots, block_tables=tables,
                                        context_lens=(positions + 1).to(torch.int32))
+    if sampler.graphs is not None:
+        rows.append(("decode forward (graph replay)", _per_call_ms(
+            lambda: sampler.graphs.run(input_ids, positions, tables, slots, meta.context_lens), device)))
     meta.gather_index = attention.gather_index(tables, paged.num_kv_heads)
     meta.padding_mask = attention.padding_mask(meta.context_lens, paged.num_kv_heads, blocks * sampler.block_size)
     def forward():

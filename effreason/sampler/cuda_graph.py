@@ -68,8 +68,10 @@ class DecodeGraphs:
         self.pool = graph.pool()
         return graph, hidden
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
-        """Final hidden states (B, hidden) of one decode step, replayed from the bucket's graph."""
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor, slots: torch.Tensor,
+            context_lens: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, hidden) of one decode step, replayed from the bucket's graph: ``input_ids``
+        (B,) at ``positions`` (B,) over ``tables``, K/V written at ``slots`` (B,), ``context_lens`` (B,) int32."""
         key = self._weights_key()
         if key != self.weights_key:
             self.graphs, self.pool, self.weights_key = {}, None, key
@@ -82,10 +84,9 @@ class DecodeGraphs:
         self.input_ids[:batch] = input_ids
         self.positions[:batch] = positions
         self.tables[:batch, :tables.shape[1]] = tables
-        block = tables.long().gather(1, (positions // self.block_size)[:, None])[:, 0]
-        self.slots[:batch] = block * self.block_size + positions % self.block_size
+        self.slots[:batch] = slots
         self.context_lens.fill_(1)
-        self.context_lens[:batch] = (positions + 1).to(torch.int32)
+        self.context_lens[:batch] = context_lens
         if size not in self.graphs:
             self.graphs[size] = self._capture(size)
         graph, hidden = self.graphs[size]

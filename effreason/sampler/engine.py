@@ -411,7 +411,7 @@ class _Run:
         written at ``slots`` (B,), attending over ``context_lens`` (B,) int32 = positions + 1."""
         graphs = self.sampler.graphs
         if graphs is not None and graphs.fits(len(input_ids), tables.shape[1]):
-            return self.model.logits(graphs.run(input_ids, positions, tables))
+            return self.model.logits(graphs.run(input_ids, positions, tables, slots, context_lens))
         model, block_size = self.model, self.sampler.block_size
         meta = attention.AttentionMetadata(
             is_prefill=False, slot_mapping=slots,
