@@ -15,14 +15,23 @@
 // rows, which on the 2-core CI machine beats splitting every small GEMM in two (bench/RESULTS.md). Each
 // thread reads all the weights, so effreason/sampler/model.py calls this op only while they fit the
 // cache or every thread has enough rows (PagedModel._fused_decode).
-// The small ops are the registered ones (rms_norm, silu_mul_, rope_write_kv, paged_attention_decode),
-// called through the dispatcher; inside a parallel region their own at::parallel_for runs inline.
+// The small ops are the registered ones (rms_norm, silu_mul_, rope_write_kv, paged_attention_decode,
+// gumbel_sample), called through the dispatcher; inside a parallel region their own at::parallel_for runs
+// inline.
+//
+// decode_round runs a whole decode round the same way: each thread takes its rows through `steps` steps
+// (embedding, every layer, LM head, the draw of the next token, which is the next step's input) with no
+// synchronisation at all until the round ends. Against one decode_layers call and one sampling op per step
+// from Python (effreason/sampler/engine.py), this removes per step two fork/joins, the Python dispatch and
+// the host's step bookkeeping, and evens out the threads' imbalance over the round.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 namespace effreason {
@@ -52,6 +61,9 @@ struct SmallOps {
                                       const at::Tensor&, double)>
       attention = op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                 const at::Tensor&, double)>("effreason::paged_attention_decode");
+  c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>
+      gumbel_sample = op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
+          "effreason::gumbel_sample");
 };
 
 // x W^T + b (b optional), as torch.nn.functional.linear.
@@ -79,12 +91,11 @@ struct Step {
   double eps, scale;
 };
 
-// Every layer, the final norm and the LM head when given, for rows [begin, end): hidden rows updated in
-// place, out rows written.
-void run_rows(const SmallOps& ops, const Step& s, at::Tensor& hidden, at::Tensor& out, int64_t begin, int64_t end) {
+// Every layer, the final norm and the LM head when given, for rows [begin, end) of the step: `h` (those
+// rows' hidden states) updated in place, `out` (those rows' outputs) written.
+void run_rows(const SmallOps& ops, const Step& s, at::Tensor& h, at::Tensor& out, int64_t begin, int64_t end) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // thread-local: the weights require grad
   const int64_t rows = end - begin;
-  at::Tensor h = hidden.slice(0, begin, end);
   const at::Tensor positions = s.positions.slice(0, begin, end), slots = s.slot_mapping.slice(0, begin, end);
   const at::Tensor tables = s.block_tables.slice(0, begin, end), lens = s.context_lens.slice(0, begin, end);
   const int64_t num_layers = s.kv_cache.size(0);
@@ -104,21 +115,16 @@ void run_rows(const SmallOps& ops, const Step& s, at::Tensor& hidden, at::Tensor
     add_linear_(h, gate, w[kDownWeight], w[kDownBias]);
   }
   const at::Tensor normed = ops.rms_norm.call(h, *s.weights[num_layers * kWeightsPerLayer], s.eps);
-  at::Tensor out_rows = out.slice(0, begin, end);
   const auto& lm_head = s.weights.back();
   if (lm_head.has_value()) {
-    at::mm_out(out_rows, normed, lm_head->t());
+    at::mm_out(out, normed, lm_head->t());
   } else {
-    out_rows.copy_(normed);
+    out.copy_(normed);
   }
 }
 
-at::Tensor decode_layers_cpu(const at::Tensor& hidden, const std::vector<std::optional<at::Tensor>>& weights,
-                             const at::Tensor& cos_table, const at::Tensor& sin_table, const at::Tensor& positions,
-                             at::Tensor& kv_cache, const at::Tensor& slot_mapping, const at::Tensor& block_tables,
-                             const at::Tensor& context_lens, int64_t num_heads, double eps, double scale) {
-  TORCH_CHECK_VALUE(hidden.dim() == 2 && hidden.device().is_cpu() && hidden.scalar_type() == at::kFloat,
-                    "hidden must be a float32 CPU tensor (N, C)");
+// The op's checks of the cache and weight list (shared by decode_layers and decode_round).
+void check_step(const at::Tensor& kv_cache, const std::vector<std::optional<at::Tensor>>& weights, int64_t hidden_size) {
   TORCH_CHECK_VALUE(kv_cache.dim() == 6 && kv_cache.size(1) == 2 && kv_cache.is_contiguous() &&
                         kv_cache.device().is_cpu() && kv_cache.scalar_type() == at::kFloat,
                     "kv_cache must be a contiguous float32 CPU tensor (layers, 2, num_blocks, Hkv, block_size, D)");
@@ -135,20 +141,101 @@ at::Tensor decode_layers_cpu(const at::Tensor& hidden, const std::vector<std::op
   }
   TORCH_CHECK_VALUE(weights[num_layers * kWeightsPerLayer].has_value(), "the final norm weight is required");
   const auto& lm_head = weights.back();
-  TORCH_CHECK_VALUE(!lm_head.has_value() || (lm_head->dim() == 2 && lm_head->size(1) == hidden.size(1) &&
+  TORCH_CHECK_VALUE(!lm_head.has_value() || (lm_head->dim() == 2 && lm_head->size(1) == hidden_size &&
                                              lm_head->device().is_cpu() && lm_head->scalar_type() == at::kFloat),
                     "the LM head must be None or a float32 CPU tensor (vocab, C)");
+}
+
+at::Tensor decode_layers_cpu(const at::Tensor& hidden, const std::vector<std::optional<at::Tensor>>& weights,
+                             const at::Tensor& cos_table, const at::Tensor& sin_table, const at::Tensor& positions,
+                             at::Tensor& kv_cache, const at::Tensor& slot_mapping, const at::Tensor& block_tables,
+                             const at::Tensor& context_lens, int64_t num_heads, double eps, double scale) {
+  TORCH_CHECK_VALUE(hidden.dim() == 2 && hidden.device().is_cpu() && hidden.scalar_type() == at::kFloat,
+                    "hidden must be a float32 CPU tensor (N, C)");
+  check_step(kv_cache, weights, hidden.size(1));
   static const SmallOps ops;
   const Step step{weights, cos_table, sin_table, positions, kv_cache, slot_mapping, block_tables, context_lens,
                   num_heads, kv_cache.size(3), kv_cache.size(5), eps, scale};
   at::Tensor residual = hidden.contiguous().clone();
+  const auto& lm_head = weights.back();
   at::Tensor out = lm_head.has_value() ? at::empty({residual.size(0), lm_head->size(0)}, residual.options())
                                        : at::empty_like(residual);
   // one contiguous range of rows per thread (grain: at least 8 rows each)
   at::parallel_for(0, residual.size(0), 8, [&](int64_t begin, int64_t end) {
-    run_rows(ops, step, residual, out, begin, end);
+    at::Tensor h = residual.slice(0, begin, end), out_rows = out.slice(0, begin, end);
+    run_rows(ops, step, h, out_rows, begin, end);
   });
   return out;
+}
+
+// The next token of each of the rows' logits (rows, V), written at column `step` of tokens / logprobs /
+// trainer_logprobs (B, steps) from row `begin` on; returns the tokens. As sampling.sample untruncated:
+// temperature 0 is greedy (log-prob 0, trainer log-prob log_softmax(logits)[token]), otherwise the
+// Gumbel-max draw from softmax(logits / T) (both log-probs log_softmax(logits / T)[token]).
+at::Tensor draw(const SmallOps& ops, at::Tensor& logits, const at::Tensor& keys, const at::Tensor& stream_steps,
+                double temperature, at::Tensor& tokens, at::Tensor& logprobs, at::Tensor& trainer_logprobs,
+                int64_t begin, int64_t step) {
+  const int64_t end = begin + logits.size(0);
+  at::Tensor next, drawn_logprob, trainer;
+  if (temperature == 0.0) {
+    next = logits.argmax(1);
+    trainer = logits.gather(1, next.unsqueeze(1)).squeeze(1) - logits.logsumexp({1});
+    drawn_logprob = at::zeros_like(trainer);
+  } else {
+    if (temperature != 1.0) logits.div_(temperature);
+    std::tie(next, drawn_logprob) = ops.gumbel_sample.call(logits, keys, stream_steps);
+    trainer = drawn_logprob;
+  }
+  tokens.slice(0, begin, end).select(1, step).copy_(next);
+  logprobs.slice(0, begin, end).select(1, step).copy_(drawn_logprob);
+  trainer_logprobs.slice(0, begin, end).select(1, step).copy_(trainer);
+  return next;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_round_cpu(
+    const at::Tensor& input_ids, const at::Tensor& embedding, const std::vector<std::optional<at::Tensor>>& weights,
+    const at::Tensor& cos_table, const at::Tensor& sin_table, const at::Tensor& positions, at::Tensor& kv_cache,
+    const at::Tensor& slot_mapping, const at::Tensor& block_tables, const at::Tensor& context_lens,
+    const at::Tensor& keys, const at::Tensor& steps, int64_t num_heads, double eps, double scale, double temperature) {
+  TORCH_CHECK_VALUE(input_ids.dim() == 1 && input_ids.scalar_type() == at::kLong && input_ids.device().is_cpu(),
+                    "input_ids must be an int64 CPU tensor (B,)");
+  const int64_t batch = input_ids.size(0);
+  TORCH_CHECK_VALUE(positions.dim() == 2 && positions.size(1) == batch && positions.size(0) >= 1,
+                    "positions must be (steps, B) with steps >= 1");
+  const int64_t num_steps = positions.size(0);
+  for (const auto* t : {&slot_mapping, &context_lens}) {
+    TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) == num_steps && t->size(1) == batch,
+                      "slot_mapping and context_lens must be (steps, B) like positions");
+  }
+  TORCH_CHECK_VALUE(embedding.dim() == 2 && embedding.device().is_cpu() && embedding.scalar_type() == at::kFloat,
+                    "embedding must be a float32 CPU tensor (vocab, C)");
+  check_step(kv_cache, weights, embedding.size(1));
+  TORCH_CHECK_VALUE(weights.back().has_value(), "decode_round needs the LM head");
+  TORCH_CHECK_VALUE(temperature >= 0.0 && std::isfinite(temperature), "temperature must be finite and >= 0");
+  for (const auto* t : {&keys, &steps}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == batch && t->scalar_type() == at::kLong && t->device().is_cpu(),
+                      "keys and steps must be int64 CPU tensors of shape (B,)");
+  }
+  static const SmallOps ops;
+  at::Tensor tokens = at::empty({batch, num_steps}, input_ids.options());
+  at::Tensor logprobs = at::empty({batch, num_steps}, embedding.options());
+  at::Tensor trainer_logprobs = at::empty_like(logprobs);
+  const int64_t num_kv_heads = kv_cache.size(3), head_dim = kv_cache.size(5);
+  at::parallel_for(0, batch, 8, [&](int64_t begin, int64_t end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor current = input_ids.slice(0, begin, end);
+    const at::Tensor row_keys = keys.slice(0, begin, end), row_steps = steps.slice(0, begin, end);
+    at::Tensor logits = at::empty({end - begin, weights.back()->size(0)}, embedding.options());
+    for (int64_t s = 0; s < num_steps; ++s) {
+      const at::Tensor step_positions = positions[s], step_slots = slot_mapping[s], step_lens = context_lens[s];
+      const Step step{weights, cos_table, sin_table, step_positions, kv_cache, step_slots, block_tables, step_lens,
+                      num_heads, num_kv_heads, head_dim, eps, scale};
+      at::Tensor h = embedding.index_select(0, current);
+      run_rows(ops, step, h, logits, begin, end);
+      current = draw(ops, logits, row_keys, row_steps + s, temperature, tokens, logprobs, trainer_logprobs, begin, s);
+    }
+  });
+  return {tokens, logprobs, trainer_logprobs};
 }
 
 }  // namespace
@@ -157,10 +244,15 @@ TORCH_LIBRARY_FRAGMENT(effreason, m) {
   m.def("decode_layers(Tensor hidden, Tensor?[] weights, Tensor cos_table, Tensor sin_table, Tensor positions, "
         "Tensor(a!) kv_cache, Tensor slot_mapping, Tensor block_tables, Tensor context_lens, int num_heads, "
         "float eps, float scale) -> Tensor");
+  m.def("decode_round(Tensor input_ids, Tensor embedding, Tensor?[] weights, Tensor cos_table, Tensor sin_table, "
+        "Tensor positions, Tensor(a!) kv_cache, Tensor slot_mapping, Tensor block_tables, Tensor context_lens, "
+        "Tensor keys, Tensor steps, int num_heads, float eps, float scale, float temperature) -> "
+        "(Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(effreason, CPU, m) {
   m.impl("decode_layers", &decode_layers_cpu);
+  m.impl("decode_round", &decode_round_cpu);
 }
 
 }  // namespace effreason

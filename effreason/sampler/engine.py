@@ -342,17 +342,33 @@ class _Run:
         slots = self._slots(tables.long().expand(num_steps, -1, -1), positions)
         context_lens = (positions + 1).to(torch.int32)
         streams = self._streams([(seq, seq.sample_indices[0]) for seq in seqs])
-        tokens, logprobs = [], []
-        for step in range(num_steps):
-            logits = self._decode(input_ids, positions[step], tables, slots[step], context_lens[step])
-            token, logprob, trainer = sample(logits, self.params, streams[0], streams[1] + step)
-            tokens.append(token)
-            logprobs.append(torch.stack((logprob, trainer)))
-            input_ids = token
-        token_rows = torch.stack(tokens, 1).tolist()  # (B, steps)
-        logprob_rows, trainer_rows = torch.stack(logprobs, 2).tolist()  # (2, B, steps)
-        for seq, seq_tokens, seq_logprobs, seq_trainer in zip(seqs, token_rows, logprob_rows, trainer_rows):
+        if self._fused_round(len(seqs)):
+            drawn = self.model.decode_round(input_ids, positions, self.sampler.kv_cache, slots, tables, context_lens,
+                                            streams[0], streams[1], self.params.temperature)
+        else:
+            drawn = self._step_by_step(input_ids, positions, tables, slots, context_lens, streams)
+        for seq, seq_tokens, seq_logprobs, seq_trainer in zip(seqs, *(rows.tolist() for rows in drawn)):
             self._take(seq, seq_tokens, seq_logprobs, seq_trainer)
+
+    def _fused_round(self, num_rows: int) -> bool:
+        """Whether the round runs in one ``PagedModel.decode_round`` call: no CUDA graphs, a fused CPU decode step
+        and a draw it makes (greedy or untruncated)."""
+        params = self.params
+        untruncated = params.greedy or (params.top_k == 0 and params.top_p >= 1.0)
+        return untruncated and self.sampler.graphs is None and self.model.fused_round(num_rows, self.sampler.backend)
+
+    def _step_by_step(self, input_ids, positions, tables, slots, context_lens, streams):
+        """The round's steps one forward and one ``sample`` each, tokens fed back on the device: (tokens, logprobs,
+        trainer log-probs), each (B, steps)."""
+        tokens, logprobs, trainer = [], [], []
+        for step in range(positions.shape[0]):
+            logits = self._decode(input_ids, positions[step], tables, slots[step], context_lens[step])
+            token, logprob, trainer_logprob = sample(logits, self.params, streams[0], streams[1] + step)
+            tokens.append(token)
+            logprobs.append(logprob)
+            trainer.append(trainer_logprob)
+            input_ids = token
+        return tuple(torch.stack(rows, 1) for rows in (tokens, logprobs, trainer))
 
     def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Copy on write: KV data of each source block into its destination, all layers."""

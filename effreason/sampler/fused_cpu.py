@@ -9,7 +9,9 @@ At decode sizes (a few hundred rows) a chain of small torch ops costs more in pe
 * ``gumbel_argmax``: the Gumbel-max draw of ``sampling.gumbel_argmax`` (same uniforms, logs within ~1 ulp);
 * ``gumbel_sample``: log-softmax of raw logits and that draw in one pass, with the drawn token's log-prob;
 * ``decode_layers``: every decoder layer of a decode step, the final norm and the LM head in one op, each thread
-  running all layers on its own range of rows (``csrc/decode_step/decode_layers.cpp``).
+  running all layers on its own range of rows (``csrc/decode_step/decode_layers.cpp``);
+* ``decode_round``: several decode steps in one op, each thread taking its rows through every step, the
+  next token drawn in the op (greedy or untruncated ``gumbel_sample``) and fed to the next step.
 
 The torch code they replace (``model.py``, ``attention.py``, ``sampling.py``) is the reference and
 runs everywhere else: CUDA, bf16/fp16 on the CPU, or no native build.
@@ -26,7 +28,7 @@ from effreason import _backends
 
 @functools.lru_cache(maxsize=None)
 def _has_ops() -> bool:
-    return _backends.has_native() and hasattr(torch.ops.effreason, "gumbel_sample")  # the newest op of the build
+    return _backends.has_native() and hasattr(torch.ops.effreason, "decode_round")  # the newest op of the build
 
 
 def usable(tensor: torch.Tensor) -> bool:
@@ -52,6 +54,12 @@ if _has_ops():
                             context_lens, num_heads, eps, scale):
         lm_head = weights[-1]
         return hidden.new_empty(hidden.shape if lm_head is None else (hidden.shape[0], lm_head.shape[0]))
+
+    @torch.library.register_fake("effreason::decode_round")
+    def _decode_round_fake(input_ids, embedding, weights, cos_table, sin_table, positions, kv_cache, slot_mapping,
+                           block_tables, context_lens, keys, steps, num_heads, eps, scale, temperature):
+        shape = (input_ids.shape[0], positions.shape[0])
+        return input_ids.new_empty(shape), embedding.new_empty(shape), embedding.new_empty(shape)
 
     @torch.library.register_fake("effreason::gumbel_argmax")
     def _gumbel_argmax_fake(log_probs, keys, steps):
@@ -111,3 +119,21 @@ def decode_layers(hidden: torch.Tensor, weights: list[torch.Tensor | None], cos_
     """
     return torch.ops.effreason.decode_layers(hidden, weights, cos_table, sin_table, positions, kv_cache, slot_mapping,
                                              block_tables, context_lens, num_heads, eps, scale)
+
+
+def decode_round(input_ids: torch.Tensor, embedding: torch.Tensor, weights: list[torch.Tensor | None],
+                 cos_table: torch.Tensor, sin_table: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
+                 slot_mapping: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor, keys: torch.Tensor,
+                 steps: torch.Tensor, num_heads: int, eps: float, scale: float,
+                 temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``S`` decode steps of ``input_ids`` (B,) int64, each drawing the next step's input; returns ``(tokens,
+    logprobs, trainer_logprobs)``, each (B, S).
+
+    Step ``s`` is ``decode_layers`` of ``embedding[tokens]`` at ``positions[s]``, ``slot_mapping[s]``,
+    ``context_lens[s]`` (all (S, B)) with the LM head (``weights[-1]``, required), then the draw of
+    ``sampling.sample`` without top-k / top-p: ``temperature`` 0 is greedy (log-prob 0, trainer log-prob
+    ``log_softmax(logits)[token]``), otherwise ``gumbel_sample(logits / temperature, keys, steps + s)``.
+    """
+    return torch.ops.effreason.decode_round(input_ids, embedding, weights, cos_table, sin_table, positions, kv_cache,
+                                            slot_mapping, block_tables, context_lens, keys, steps, num_heads, eps,
+                                            scale, temperature)

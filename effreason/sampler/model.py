@@ -7,7 +7,9 @@ from the HF modules at every call (no copy), so an optimizer step is seen by the
 
 The layers run op by op (``_layer``; on the CPU in float32 the small ops are ``fused_cpu``'s native
 ones), except a CPU float32 decode step, which runs whole in ``fused_cpu.decode_layers`` when
-``_fused_decode`` says so: each thread takes its own rows through every layer and the LM head.
+``fused_decode`` says so: each thread takes its own rows through every layer and the LM head. A whole
+decode round (several steps with the draw of each next token) can run in ``fused_cpu.decode_round``
+(``decode_round``, where ``fused_round`` says so).
 """
 
 from __future__ import annotations
@@ -169,12 +171,11 @@ class PagedModel:
         ``kv_cache`` (layers, 2, num_blocks, Hkv, block_size, D) receives every token's K and V.
         """
         hidden = F.embedding(input_ids, self.decoder.embed_tokens.weight)  # (N, hidden)
-        if self._fused_decode(hidden, meta, backend):
-            weights = [params.get(name) for params, name in self._decode_weight_slots]  # current tensors, no copy
+        if not meta.is_prefill and self.fused_decode(hidden.shape[0], backend):
             head = self._lm_head_slot if logits else None
-            weights.append(head[0][head[1]] if head else None)
-            out = fused_cpu.decode_layers(hidden, weights, *self._rope_tables, positions, kv_cache, meta.slot_mapping,
-                                          meta.block_tables, meta.context_lens, self.num_heads, self.eps, self.scale)
+            out = fused_cpu.decode_layers(hidden, self._decode_weights(head), *self._rope_tables, positions, kv_cache,
+                                          meta.slot_mapping, meta.block_tables, meta.context_lens, self.num_heads,
+                                          self.eps, self.scale)
             return self.logits(out) if logits and head is None else out
         # the torch RoPE path gathers each position's cos/sin once for all layers; the fused op reads the tables
         cos_sin = None if fused_cpu.usable(hidden) else \
@@ -184,13 +185,39 @@ class PagedModel:
         hidden = _rms_norm(hidden, self.decoder.norm, self.eps)
         return self.logits(hidden) if logits else hidden
 
-    def _fused_decode(self, hidden: torch.Tensor, meta: AttentionMetadata, backend: str) -> bool:
-        """Whether this step runs as one ``fused_cpu.decode_layers`` call: a float32 CPU decode step with
-        the native attention and a SiLU MLP, weights that fit the cache or enough rows per thread."""
-        if meta.is_prefill or backend != "native" or self.hidden_act != "silu" or not fused_cpu.usable(hidden):
+    def fused_decode(self, num_rows: int, backend: str) -> bool:
+        """Whether a decode step of ``num_rows`` rows runs as one ``fused_cpu.decode_layers`` call: float32 on the
+        CPU with the native attention and a SiLU MLP, weights that fit the cache or enough rows per thread."""
+        if backend != "native" or self.hidden_act != "silu" or not fused_cpu.usable(self.decoder.embed_tokens.weight):
             return False
         return (self._decode_weight_bytes <= FUSED_DECODE_CACHED_WEIGHT_BYTES
-                or hidden.shape[0] >= FUSED_DECODE_MIN_ROWS_PER_THREAD * torch.get_num_threads())
+                or num_rows >= FUSED_DECODE_MIN_ROWS_PER_THREAD * torch.get_num_threads())
+
+    def fused_round(self, num_rows: int, backend: str) -> bool:
+        """Whether ``decode_round`` can run: a fused decode step whose LM head (no bias) folds in."""
+        return self._lm_head_slot is not None and self.fused_decode(num_rows, backend)
+
+    def decode_round(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
+                     slot_mapping: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
+                     keys: torch.Tensor, steps: torch.Tensor,
+                     temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``S = positions.shape[0]`` decode steps of ``input_ids`` (B,) in one ``fused_cpu.decode_round`` call,
+        each step's drawn tokens the next step's input: positions, slots, context lengths (S, B).
+
+        Tokens are drawn untruncated as ``sampling.sample`` draws them (``temperature`` 0: greedy), row ``b``
+        at step ``s`` with stream ``(keys[b], steps[b] + s)``. Returns tokens, log-probs and trainer log-probs,
+        each (B, S). Only where ``fused_round`` says so; call ``rope_tables`` with the largest position + 1 first.
+        """
+        return fused_cpu.decode_round(input_ids, self.decoder.embed_tokens.weight,
+                                      self._decode_weights(self._lm_head_slot), *self._rope_tables, positions,
+                                      kv_cache, slot_mapping, block_tables, context_lens, keys, steps, self.num_heads,
+                                      self.eps, self.scale, temperature)
+
+    def _decode_weights(self, lm_head_slot: tuple[dict, str] | None) -> list[torch.Tensor | None]:
+        """The fused ops' weight list: every layer's current tensors (no copy), the final norm, the LM head or None."""
+        weights = [params.get(name) for params, name in self._decode_weight_slots]
+        weights.append(lm_head_slot[0][lm_head_slot[1]] if lm_head_slot else None)
+        return weights
 
     def _rope_and_cache(self, query, key, value, positions, cos_sin, k_cache, v_cache, meta):
         """RoPE of query (N, H, D) and key (N, Hkv, D) at ``positions``, key and value stored in the

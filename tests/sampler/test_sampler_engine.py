@@ -12,6 +12,7 @@ from sampler_models import hf_greedy, hf_logits, random_prompts, tiny_qwen2
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from effreason.sampler import Sampler, SamplingParams, engine
+from effreason.sampler.model import PagedModel
 
 LENGTHS = (1, 5, 16, 17, 30)
 LOGPROB_TOLERANCE = 1e-4
@@ -138,6 +139,36 @@ def test_decode_rounds_of_many_steps_sample_what_single_steps_do(model, monkeypa
         for one, other in zip(single_completions, many_completions):
             assert (one.token_ids, one.finish_reason) == (other.token_ids, other.finish_reason)
             torch.testing.assert_close(torch.tensor(other.logprobs), torch.tensor(one.logprobs), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_fused_decode_rounds_sample_what_step_by_step_rounds_do(model, temperature, monkeypatch):
+    """On the CPU in float32 a round runs in one ``decode_round`` op: same completions as a forward and a ``sample``
+    per step, stop tokens drawn mid-round included."""
+    prompts = random_prompts((6, 11, 2, 19))
+    free_run = Sampler(model).generate(prompts, SamplingParams(n=3, temperature=temperature, max_tokens=20, seed=3))
+    stop = free_run[1][0].token_ids[4]
+    params = SamplingParams(n=3, temperature=temperature, max_tokens=20, seed=3, stop_token_ids=(stop,))
+    calls = []
+    decode_round = PagedModel.decode_round
+    monkeypatch.setattr(PagedModel, "decode_round", lambda *args: calls.append(1) or decode_round(*args))
+    fused = Sampler(model, block_size=4).generate(prompts, params)
+    assert calls
+    monkeypatch.setattr(engine._Run, "_fused_round", lambda self, num_rows: False)
+    stepped = Sampler(model, block_size=4).generate(prompts, params)
+    assert any(c.finish_reason == "stop" and len(c.token_ids) < 20 for completions in fused for c in completions)
+    for fused_completions, stepped_completions in zip(fused, stepped):
+        for one, other in zip(fused_completions, stepped_completions):
+            assert (one.token_ids, one.finish_reason) == (other.token_ids, other.finish_reason)
+            for got, expected in ((one.logprobs, other.logprobs), (one.trainer_logprobs, other.trainer_logprobs)):
+                torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), atol=1e-6, rtol=0)
+
+
+def test_truncated_sampling_rounds_run_step_by_step(model, monkeypatch):
+    """Top-k / top-p draws are not in the fused round: those rounds take the step-by-step path."""
+    monkeypatch.setattr(PagedModel, "decode_round", lambda *args: pytest.fail("fused round with top-k"))
+    completions = Sampler(model).generate(random_prompts((5,)), SamplingParams(n=2, top_k=5, max_tokens=12, seed=0))
+    assert [len(c.token_ids) for c in completions[0]] == [12, 12]
 
 
 def test_context_length_ends_a_completion():

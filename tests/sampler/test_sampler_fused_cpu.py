@@ -9,6 +9,9 @@
 * ``decode_layers`` (the whole decode forward, rows split over threads) vs ``PagedModel``'s layer-by-layer
   torch path for Qwen2 (tied and untied) and Llama (biases everywhere, 3 query heads per KV head, llama3
   RoPE): final hidden states and every layer's KV cache, at 1, 2 and 3 threads, 19 sequences of 1-33 tokens;
+* ``decode_round`` (several decode steps with the draw of each next token) vs ``decode_layers`` and
+  ``sampling.sample`` step by step: the same tokens, log-probs within 1e-6 and the same KV cache, greedy and
+  sampled, at 1, 2 and 3 threads;
 * bad input raises ValueError; every op passes ``torch.library.opcheck``.
 
 Two regression tests pin fixed bugs: ``uniform_noise`` returned exactly 1.0 once in 2^24 draws (a masked
@@ -35,7 +38,8 @@ from effreason.sampler import fused_cpu
 from effreason.sampler import model as model_module
 from effreason.sampler.attention import AttentionMetadata, write_kv
 from effreason.sampler.model import PagedModel, _rotate
-from effreason.sampler.sampling import uniform_noise
+from effreason.sampler.params import SamplingParams
+from effreason.sampler.sampling import sample, uniform_noise
 
 pytestmark = pytest.mark.skipif(not fused_cpu._has_ops(),
                                 reason="effreason._C not built, or built without the csrc/decode_step ops")
@@ -349,6 +353,71 @@ def test_decode_layers_computes_the_logits_with_the_lm_head(model_name, num_thre
     torch.testing.assert_close(fused, reference, **TOLERANCE["decode_layers"])
 
 
+ROUND_STEPS = 3
+
+
+def _decode_round_inputs(model):
+    """A decode step's state (``_decode_step``) with room for ``ROUND_STEPS`` steps: positions, slots and context
+    lengths (steps, B), the rows' stream keys and first steps."""
+    paged, input_ids, _, cache, meta = _decode_step(model, [length + ROUND_STEPS - 1 for length in CONTEXT_LENS])
+    positions = torch.tensor(CONTEXT_LENS)[None] - 1 + torch.arange(ROUND_STEPS)[:, None]  # (steps, B)
+    tables = meta.block_tables
+    slots = tables.long()[None].expand(ROUND_STEPS, -1, -1).gather(2, (positions // DECODE_BLOCK_SIZE)[..., None])[..., 0]
+    slots = slots * DECODE_BLOCK_SIZE + positions % DECODE_BLOCK_SIZE
+    keys = torch.randint(-2**62, 2**62, (len(CONTEXT_LENS),), generator=torch.Generator().manual_seed(5))
+    first_steps = torch.arange(len(CONTEXT_LENS)) * 7
+    return paged, input_ids, positions, cache, slots, tables, (positions + 1).to(torch.int32), keys, first_steps
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+@pytest.mark.parametrize("model_name", ["qwen2", "qwen2_tied", "llama_mlp_bias"])
+def test_decode_round_is_decode_steps_each_sampled(model_name, temperature, num_threads):
+    """``decode_round`` = per step ``forward(logits=True)`` (``decode_layers``) and ``sampling.sample`` of the
+    drawn tokens fed back: same tokens, log-probs and cache."""
+    paged, input_ids, positions, cache, slots, tables, lens, keys, first_steps = \
+        _decode_round_inputs(DECODE_MODELS[model_name]())
+    reference_cache = cache.clone()
+    params = SamplingParams(temperature=temperature, max_tokens=ROUND_STEPS)
+    with torch.no_grad():
+        tokens, logprobs, trainer = paged.decode_round(input_ids, positions, cache, slots, tables, lens, keys,
+                                                       first_steps, temperature)
+        expected, current = [], input_ids
+        for step in range(ROUND_STEPS):
+            meta = AttentionMetadata(is_prefill=False, slot_mapping=slots[step], block_tables=tables,
+                                     context_lens=lens[step])
+            logits = paged.forward(current, positions[step], reference_cache, meta, "native", logits=True)
+            expected.append(sample(logits, params, keys, first_steps + step))
+            current = expected[-1][0]
+    assert tokens.shape == logprobs.shape == trainer.shape == (len(CONTEXT_LENS), ROUND_STEPS)
+    assert torch.equal(tokens, torch.stack([drawn[0] for drawn in expected], 1))
+    for index, got in ((1, logprobs), (2, trainer)):
+        torch.testing.assert_close(got, torch.stack([drawn[index] for drawn in expected], 1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(cache, reference_cache, rtol=0, atol=0)
+
+
+def test_decode_round_rejects_bad_input():
+    paged, input_ids, positions, cache, slots, tables, lens, keys, first_steps = _decode_round_inputs(tiny_qwen2())
+    args = dict(input_ids=input_ids, positions=positions, kv_cache=cache, slot_mapping=slots, block_tables=tables,
+                context_lens=lens, keys=keys, steps=first_steps, temperature=1.0)
+    for bad in [dict(input_ids=input_ids.int()), dict(positions=positions[0]), dict(slot_mapping=slots[:1]),
+                dict(context_lens=lens[:, :3]), dict(keys=keys[:3]), dict(steps=first_steps.int()),
+                dict(temperature=-1.0), dict(temperature=math.inf), dict(kv_cache=cache.double())]:
+        with pytest.raises(ValueError), torch.no_grad():
+            paged.decode_round(**(args | bad))
+    with pytest.raises(ValueError, match="LM head"), torch.no_grad():
+        weights = paged._decode_weights(None)
+        fused_cpu.decode_round(input_ids, paged.decoder.embed_tokens.weight, weights, *paged._rope_tables, positions,
+                               cache, slots, tables, lens, keys, first_steps, paged.num_heads, paged.eps, paged.scale,
+                               1.0)
+
+
+def _decode_round_args():
+    paged, input_ids, positions, cache, slots, tables, lens, keys, first_steps = _decode_round_inputs(tiny_qwen2())
+    weights = [None if w is None else w.detach() for w in paged._decode_weights(paged._lm_head_slot)]
+    return (input_ids, paged.decoder.embed_tokens.weight.detach(), weights, *paged._rope_tables, positions, cache,
+            slots, tables, lens, keys, first_steps, paged.num_heads, paged.eps, paged.scale, 1.0)
+
+
 def test_decode_layers_sees_weights_changed_in_place():
     """No copy of the weights: an in-place update shows in the next call, as in ``PagedModel.forward``."""
     model = tiny_qwen2()
@@ -362,18 +431,18 @@ def test_decode_layers_sees_weights_changed_in_place():
 
 def test_decode_layers_only_for_cached_weights_or_enough_rows_per_thread(monkeypatch):
     """Weights beyond the cache threshold: the fused path needs FUSED_DECODE_MIN_ROWS_PER_THREAD rows a thread."""
-    paged, _, _, _, meta = _decode_step(tiny_qwen2(), CONTEXT_LENS)
-    hidden = torch.zeros(len(CONTEXT_LENS), paged.decoder.embed_tokens.weight.shape[1])
-    assert paged._fused_decode(hidden, meta, "native")
-    assert not paged._fused_decode(hidden, meta, "torch")
+    paged = _decode_step(tiny_qwen2(), CONTEXT_LENS)[0]
+    rows = len(CONTEXT_LENS)
+    assert paged.fused_decode(rows, "native")
+    assert not paged.fused_decode(rows, "torch")
     monkeypatch.setattr(model_module, "FUSED_DECODE_CACHED_WEIGHT_BYTES", 0)
     monkeypatch.setattr(model_module, "FUSED_DECODE_MIN_ROWS_PER_THREAD", len(CONTEXT_LENS))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert paged._fused_decode(hidden, meta, "native")
+        assert paged.fused_decode(rows, "native")
         torch.set_num_threads(2)
-        assert not paged._fused_decode(hidden, meta, "native")
+        assert not paged.fused_decode(rows, "native")
     finally:
         torch.set_num_threads(before)
 
@@ -459,6 +528,7 @@ def test_gumbel_argmax_rejects_bad_input():
     ("rope_write_kv", lambda: tuple(_rope_args().values())),
     ("gumbel_argmax", _gumbel_args),
     ("decode_layers", _decode_layers_args),
+    ("decode_round", _decode_round_args),
 ])
 def test_opcheck(op, make_args):
     torch.library.opcheck(getattr(torch.ops.effreason, op).default, make_args())
