@@ -12,7 +12,9 @@
 //
 // Against the torch path (one multithreaded op at a time), this removes the ~60 fork/joins per step
 // and the Python dispatch of every op, and each thread's matrix products run single-threaded on its
-// rows, which on the 2-core CI machine beats splitting every small GEMM in two (bench/RESULTS.md). Each
+// rows, which on the 2-core CI machine beats splitting every small GEMM in two (bench/RESULTS.md).
+// The products are csrc/linear's (AVX-512, the next weight tile prefetched while one computes), which
+// beat MKL here because at decode the weights come from L3 or DRAM, not L2. Each
 // thread reads all the weights, so effreason/sampler/model.py calls this op only while they fit the
 // cache or every thread has enough rows (PagedModel._fused_decode).
 // The small ops are the registered ones (rms_norm, silu_mul_, rope_write_kv, paged_attention_decode,
@@ -33,6 +35,8 @@
 #include <optional>
 #include <tuple>
 #include <vector>
+
+#include "linear/linear.h"
 
 namespace effreason {
 namespace {
@@ -68,14 +72,15 @@ struct SmallOps {
 
 // x W^T + b (b optional), as torch.nn.functional.linear.
 at::Tensor linear(const at::Tensor& x, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias) {
-  return bias.has_value() ? at::addmm(*bias, x, weight->t()) : at::mm(x, weight->t());
+  at::Tensor out = at::empty({x.size(0), weight->size(0)}, x.options());
+  linear_into(x, *weight, bias, out, false);
+  return out;
 }
 
 // residual += x W^T + b in place.
 void add_linear_(at::Tensor& residual, const at::Tensor& x, const std::optional<at::Tensor>& weight,
                  const std::optional<at::Tensor>& bias) {
-  residual.addmm_(x, weight->t());
-  if (bias.has_value()) residual.add_(*bias);
+  linear_into(x, *weight, bias, residual, true);
 }
 
 struct Step {
@@ -117,7 +122,7 @@ void run_rows(const SmallOps& ops, const Step& s, at::Tensor& h, at::Tensor& out
   const at::Tensor normed = ops.rms_norm.call(h, *s.weights[num_layers * kWeightsPerLayer], s.eps);
   const auto& lm_head = s.weights.back();
   if (lm_head.has_value()) {
-    at::mm_out(out, normed, lm_head->t());
+    linear_into(normed, *lm_head, std::nullopt, out, false);
   } else {
     out.copy_(normed);
   }

@@ -8,6 +8,8 @@ At decode sizes (a few hundred rows) a chain of small torch ops costs more in pe
 * ``rope_write_kv``: RoPE of query and key in place, then key and value into their cache slots;
 * ``gumbel_argmax``: the Gumbel-max draw of ``sampling.gumbel_argmax`` (same uniforms, logs within ~1 ulp);
 * ``gumbel_sample``: log-softmax of raw logits and that draw in one pass, with the drawn token's log-prob;
+* ``linear``: ``F.linear`` (+ a residual) with the AVX-512 product of ``csrc/linear`` (ATen's GEMM without AVX-512),
+  the product ``decode_layers`` runs on each thread's rows;
 * ``decode_layers``: every decoder layer of a decode step, the final norm and the LM head in one op, each thread
   running all layers on its own range of rows (``csrc/decode_step/decode_layers.cpp``);
 * ``decode_round``: several decode steps in one op, each thread taking its rows through every step, the
@@ -54,6 +56,10 @@ if _has_ops():
                             context_lens, num_heads, eps, scale):
         lm_head = weights[-1]
         return hidden.new_empty(hidden.shape if lm_head is None else (hidden.shape[0], lm_head.shape[0]))
+
+    @torch.library.register_fake("effreason::linear")
+    def _linear_fake(x, weight, bias, residual):
+        return x.new_empty(x.shape[0], weight.shape[0])
 
     @torch.library.register_fake("effreason::decode_round")
     def _decode_round_fake(input_ids, embedding, weights, cos_table, sin_table, positions, kv_cache, slot_mapping,
@@ -102,6 +108,12 @@ def gumbel_sample(logits: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor)
     """``(tokens, log_probs)`` (B,): ``gumbel_argmax(log_softmax(logits), keys, steps)`` and each drawn token's
     ``log_softmax(logits)`` (within ~1 ulp of torch's), one pass over each row of ``logits`` (B, V)."""
     return torch.ops.effreason.gumbel_sample(logits, keys, steps)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` (+ ``residual``) of rows x (M, K), weight (N, K): (M, N), a new tensor."""
+    return torch.ops.effreason.linear(x, weight, bias, residual)
 
 
 def decode_layers(hidden: torch.Tensor, weights: list[torch.Tensor | None], cos_table: torch.Tensor,

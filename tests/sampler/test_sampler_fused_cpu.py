@@ -6,6 +6,8 @@
   rotated in place (nothing else in their buffers touched), value cache bit for bit, other slots unchanged;
 * ``gumbel_argmax`` vs the torch formula over ``sampling.uniform_noise``: the same tokens (the native logs
   agree to about 1 ulp), masked (-inf) tokens never drawn, reproducible;
+* ``linear`` (the decode step's AVX-512 products) vs ``F.linear`` in float64 over every register-tile shape,
+  bias and residual, strided rows; ATen's GEMM for a weight layout it does not take;
 * ``decode_layers`` (the whole decode forward, rows split over threads) vs ``PagedModel``'s layer-by-layer
   torch path for Qwen2 (tied and untied) and Llama (biases everywhere, 3 query heads per KV head, llama3
   RoPE): final hidden states and every layer's KV cache, at 1, 2 and 3 threads, 19 sequences of 1-33 tokens;
@@ -49,6 +51,7 @@ TOLERANCE = {
     "silu_mul": dict(rtol=1e-6, atol=1e-30),  # vs float64
     "rope": dict(rtol=1e-6, atol=1e-6),  # vs model._rotate in float32
     "decode_layers": dict(rtol=1e-5, atol=1e-5),  # vs the layer-by-layer path: ~1 ulp per op over 2 layers
+    "linear": dict(rtol=1e-5, atol=5e-5),  # vs float64: float32 sums of up to 700 products of N(0, 1) values
 }
 EPS = 1e-6
 
@@ -266,6 +269,45 @@ def _rope_args(num_tokens=2, heads=4, kv_heads=2, dim=8, num_blocks=3):
                 sin_table=torch.randn(5, dim), positions=torch.tensor([1, 4]),
                 k_cache=torch.zeros(num_blocks, kv_heads, BLOCK_SIZE, dim),
                 v_cache=torch.zeros(num_blocks, kv_heads, BLOCK_SIZE, dim), slot_mapping=torch.tensor([0, 7]))
+
+
+# ------------------------------------------------------------------ linear (the decode step's products)
+@pytest.mark.parametrize("rows, depth, cols", [(1, 1, 1), (5, 15, 3), (6, 16, 4), (7, 17, 5), (13, 37, 13),
+                                               (64, 256, 64), (19, 688, 258)])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_linear_matches_float64(rows, depth, cols, with_bias, with_residual, num_threads):
+    """Every register-tile shape (row and column tails, K with and without a masked tail), bias and residual;
+    x rows strided (a column slice of a wider tensor)."""
+    generator = torch.Generator().manual_seed(rows * 1000 + depth)
+    x = torch.randn(rows, depth + 3, generator=generator)[:, 1:depth + 1]
+    weight = torch.randn(cols, depth, generator=generator)
+    bias = torch.randn(cols, generator=generator) if with_bias else None
+    residual = torch.randn(rows, cols, generator=generator) if with_residual else None
+    expected = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    if residual is not None:
+        expected += residual.double()
+    before = None if residual is None else residual.clone()
+    got = fused_cpu.linear(x, weight, bias, residual)
+    assert got.shape == (rows, cols) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, **TOLERANCE["linear"])
+    if residual is not None:
+        assert torch.equal(residual, before)  # out of place
+
+
+def test_linear_takes_a_weight_in_any_layout():
+    """A transposed (non-contiguous) weight goes to ATen's GEMM: the same result."""
+    x, weight, bias = torch.randn(9, 24), torch.randn(24, 10).t(), torch.randn(10)
+    torch.testing.assert_close(fused_cpu.linear(x, weight, bias, torch.ones(9, 10)), F.linear(x, weight, bias) + 1,
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_linear_rejects_bad_input():
+    x, weight = torch.randn(3, 8), torch.randn(5, 8)
+    for bad in [(x.double(), weight), (x, weight[:, :7]), (x[0], weight), (x, weight, torch.randn(4)),
+                (x, weight, None, torch.randn(3, 4)), (x, weight, None, torch.randn(3, 5).double())]:
+        with pytest.raises(ValueError):
+            fused_cpu.linear(*bad)
 
 
 # ------------------------------------------------------------------ whole decode forward
@@ -529,6 +571,7 @@ def test_gumbel_argmax_rejects_bad_input():
     ("gumbel_argmax", _gumbel_args),
     ("decode_layers", _decode_layers_args),
     ("decode_round", _decode_round_args),
+    ("linear", lambda: (torch.randn(7, 20), torch.randn(5, 20), torch.randn(5), torch.randn(7, 5))),
 ])
 def test_opcheck(op, make_args):
     torch.library.opcheck(getattr(torch.ops.effreason, op).default, make_args())
