@@ -63,7 +63,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(effreason, m) {
-  m.def("linear(Tensor x, Tensor weight, Tensor? bias, Tensor? residual) -> Tensor");
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias=None, Tensor? residual=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(effreason, CPU, m) {

@@ -14,15 +14,10 @@
 #include <algorithm>
 #include <limits>
 
+#include "cpu/avx512.h"
 #include "cpu/vector_math.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// GCC 12 flags the deliberately undefined registers inside its own AVX-512 intrinsics as uninitialised.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-
-#define EFFREASON_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq")))
 
 namespace effreason::avx512 {
 namespace {
@@ -31,13 +26,6 @@ constexpr int kHeads = 4;          // query heads per pass: one per 128-bit lane
 constexpr int64_t kChunkRows = 4;  // key rows per 16-float chunk of scores
 
 int64_t chunks_per_block(int64_t block_size) { return (block_size + kChunkRows - 1) / kChunkRows; }
-
-// Lane (h, i) = sum_j rows[i] lane (h, j): the four quad totals of each 128-bit lane h of four vectors.
-EFFREASON_AVX512 inline __m512 sum_lane_quads(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
-  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_ps(a0, a1, 0x44), _mm512_shuffle_ps(a0, a1, 0xEE));
-  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_ps(a2, a3, 0x44), _mm512_shuffle_ps(a2, a3, 0xEE));
-  return _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x88), _mm512_shuffle_ps(s01, s23, 0xDD));
-}
 
 // Every lane set to the max / sum of the four lanes of its 128-bit lane.
 EFFREASON_AVX512 inline __m512 quad_max(__m512 v) {
@@ -163,10 +151,8 @@ EFFREASON_AVX512 void attend(const HeadTask& task, float* scores) {
 }  // namespace
 
 bool attend_head_takes(int64_t group, int64_t head_dim) {
-  static const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                                 __builtin_cpu_supports("avx512dq");
   // Below three heads a pass would mostly score padding; the generic path is as fast there.
-  return has_avx512 && group >= 3 && (head_dim == 32 || head_dim == 64 || head_dim == 128);
+  return cpu_has_avx512() && group >= 3 && (head_dim == 32 || head_dim == 64 || head_dim == 128);
 }
 
 int64_t attend_head_scratch(int64_t context, int64_t block_size) {
