@@ -6,7 +6,8 @@ Runs the GPU benchmark's Qwen2.5-0.5B-shaped random bf16 model (the tiny CPU mod
 prints: tokens/s with each usable decode-attention backend; the host functions that take the most time (cProfile,
 one ``generate``; time blocked in ``.cpu()`` is the device's); the device kernels that take the most
 time (torch.profiler); and the per-step cost of each part alone (decode forward, logits, sampling,
-paged attention per backend), each timed with device events after a warm-up.
+the fused CPU decode round per step where it runs, paged attention per backend), each timed with device
+events after a warm-up.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from test_sampler_throughput import qwen25_half_b, random_prompts, timed, tiny_qwen2  # bench/, the script's folder
 
-from effreason.sampler import Sampler, SamplingParams, attention
+from effreason.sampler import Sampler, SamplingParams, attention, engine
 from effreason.sampler.sampling import sample
 
 
@@ -82,6 +83,12 @@ def parts(sampler: Sampler, model, batch: int, context: int, device: torch.devic
     steps = torch.zeros(batch, dtype=torch.long, device=device)
     params = SamplingParams(temperature=1.0, max_tokens=1)
     rows.append(("sample (T=1)", _per_call_ms(lambda: sample(logits, params, keys, steps), device)))
+    if paged.fused_round(batch, sampler.backend):  # CPU float32: the whole round is one op
+        window = engine.DECODE_WINDOW
+        repeat = lambda t: t.expand(window, -1)  # every step at the same position: same cost, valid slots
+        rows.append((f"decode round per step ({window} steps, fused)", _per_call_ms(
+            lambda: paged.decode_round(input_ids, repeat(positions), sampler.kv_cache, repeat(slots), tables,
+                                       repeat(meta.context_lens), keys, steps, 1.0), device) / window))
     query = torch.randn(batch, paged.num_heads, paged.head_dim, device=device, dtype=paged.dtype)
     cache = sampler.kv_cache[0]
     backends = ["torch", "native", "triton"] if device.type == "cuda" else ["torch", "native"]

@@ -12,7 +12,8 @@ Full prompt blocks already in the prefix cache (shared by earlier prompts, in th
 earlier one with the same weights) are not recomputed; a change to any parameter empties that cache.
 Model, attention and sampling run without host syncs; the one device-to-host copy per round is the
 sampled tokens and their log-probs, which the scheduler needs (stop tokens, lengths). On CUDA the
-decode forward is replayed from a CUDA graph (``cuda_graph.py``).
+decode forward is replayed from a CUDA graph (``cuda_graph.py``); on the CPU in float32 a round with a
+greedy or untruncated draw is one native op (``PagedModel.decode_round``).
 """
 
 from __future__ import annotations
