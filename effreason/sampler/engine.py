@@ -348,7 +348,9 @@ class _Run:
                                             streams[0], streams[1], self.params.temperature)
         else:
             drawn = self._step_by_step(input_ids, positions, tables, slots, context_lens, streams)
-        for seq, seq_tokens, seq_logprobs, seq_trainer in zip(seqs, *(rows.tolist() for rows in drawn)):
+        tokens, logprobs, trainer = drawn
+        logprob_rows, trainer_rows = torch.stack((logprobs, trainer)).tolist()  # one copy for both: (2, B, steps)
+        for seq, seq_tokens, seq_logprobs, seq_trainer in zip(seqs, tokens.tolist(), logprob_rows, trainer_rows):
             self._take(seq, seq_tokens, seq_logprobs, seq_trainer)
 
     def _fused_round(self, num_rows: int) -> bool:
