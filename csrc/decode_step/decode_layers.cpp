@@ -14,9 +14,9 @@
 // and the Python dispatch of every op, and each thread's matrix products run single-threaded on its
 // rows, which on the 2-core CI machine beats splitting every small GEMM in two (bench/RESULTS.md).
 // The products are csrc/linear's (AVX-512, the next weight tile prefetched while one computes), which
-// beat MKL here because at decode the weights come from L3 or DRAM, not L2. Each
-// thread reads all the weights, so effreason/sampler/model.py calls this op only while they fit the
-// cache or every thread has enough rows (PagedModel._fused_decode).
+// beat MKL here because at decode the weights come from L3 or DRAM, not L2. Each thread reads all the
+// weights, so effreason/sampler/model.py calls this op only while they fit the cache or every thread
+// has enough rows (PagedModel.fused_decode).
 // The small ops are the registered ones (rms_norm, silu_mul_, rope_write_kv, paged_attention_decode,
 // gumbel_sample), called through the dispatcher; inside a parallel region their own at::parallel_for runs
 // inline.
