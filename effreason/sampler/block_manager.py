@@ -117,7 +117,7 @@ class BlockManager:
         """New blocks that writing ``seq``'s next ``num_positions`` positions needs, from its last token's
         (``num_tokens - 1``): blocks past its table, plus a private copy of a shared block it writes into."""
         table, first = seq.block_table, (len(seq.token_ids) - 1) // self.block_size
-        beyond = (len(seq.token_ids) - 2 + num_positions) // self.block_size + 1 - len(table)
+        beyond = self._table_length(seq, num_positions) - len(table)
         if first == len(table):  # the common case: the positions start a new block
             return beyond
         return max(0, beyond) + int(self.ref_counts[table[first]] > 1)
@@ -135,6 +135,11 @@ class BlockManager:
             self.ref_counts[shared] -= 1
             table[first] = self._take()
             copy = (shared, table[first])
-        for _ in range((len(seq.token_ids) - 2 + num_positions) // self.block_size + 1 - len(table)):
+        for _ in range(self._table_length(seq, num_positions) - len(table)):
             table.append(self._take())
         return copy
+
+    def _table_length(self, seq: Sequence, num_positions: int) -> int:
+        """Blocks ``seq``'s table needs to hold its next ``num_positions`` positions, from its last token's on:
+        through position ``num_tokens - 2 + num_positions``."""
+        return (len(seq.token_ids) - 2 + num_positions) // self.block_size + 1

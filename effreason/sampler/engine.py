@@ -337,18 +337,19 @@ class _Run:
 
     def _decode_steps(self, seqs: list[Sequence], num_steps: int) -> None:
         """``num_steps`` decode steps of ``seqs`` (their blocks already taken), each step's tokens fed to
-        the next on the device; then one copy to the host and each sequence's new tokens taken."""
+        the next on the device; then the tokens and their log-probs copied to the host (two copies, once per
+        round) and each sequence's new tokens taken."""
         input_ids, positions, tables = self._decode_inputs(seqs)
         positions = positions + torch.arange(num_steps, device=self.device)[:, None]  # (steps, B), all at once
         slots = self._slots(tables.long().expand(num_steps, -1, -1), positions)
         context_lens = (positions + 1).to(torch.int32)
         streams = self._streams([(seq, seq.sample_indices[0]) for seq in seqs])
         if self._fused_round(len(seqs)):
-            drawn = self.model.decode_round(input_ids, positions, self.sampler.kv_cache, slots, tables, context_lens,
-                                            streams[0], streams[1], self.params.temperature)
+            tokens, logprobs, trainer = self.model.decode_round(input_ids, positions, self.sampler.kv_cache, slots,
+                                                                tables, context_lens, streams[0], streams[1],
+                                                                self.params.temperature)
         else:
-            drawn = self._step_by_step(input_ids, positions, tables, slots, context_lens, streams)
-        tokens, logprobs, trainer = drawn
+            tokens, logprobs, trainer = self._step_by_step(input_ids, positions, tables, slots, context_lens, streams)
         logprob_rows, trainer_rows = torch.stack((logprobs, trainer)).tolist()  # one copy for both: (2, B, steps)
         for seq, seq_tokens, seq_logprobs, seq_trainer in zip(seqs, tokens.tolist(), logprob_rows, trainer_rows):
             self._take(seq, seq_tokens, seq_logprobs, seq_trainer)
@@ -357,8 +358,8 @@ class _Run:
         """Whether the round runs in one ``PagedModel.decode_round`` call: no CUDA graphs, a fused CPU decode step
         and a draw it makes (greedy or untruncated)."""
         params = self.params
-        untruncated = params.greedy or (params.top_k == 0 and params.top_p >= 1.0)
-        return untruncated and self.sampler.graphs is None and self.model.fused_round(num_rows, self.sampler.backend)
+        return ((params.greedy or not params.truncated) and self.sampler.graphs is None
+                and self.model.fused_round(num_rows, self.sampler.backend))
 
     def _step_by_step(self, input_ids, positions, tables, slots, context_lens, streams):
         """The round's steps one forward and one ``sample`` each, tokens fed back on the device: (tokens, logprobs,

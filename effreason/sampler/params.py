@@ -67,3 +67,8 @@ class SamplingParams:
     def greedy(self) -> bool:
         """True when ``temperature == 0``: every completion takes the argmax token."""
         return self.temperature == 0.0
+
+    @property
+    def truncated(self) -> bool:
+        """True when top-k or top-p cut the distribution that a non-greedy draw samples from."""
+        return self.top_k > 0 or self.top_p < 1.0

@@ -116,7 +116,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor,
         full = torch.log_softmax(logits, dim=-1)
         return tokens, torch.zeros_like(full[:, 0]), full.gather(1, tokens[:, None])[:, 0]
     scaled = logits if params.temperature == 1.0 else logits / params.temperature
-    truncated = params.top_k > 0 or params.top_p < 1.0
+    truncated = params.truncated
     if not truncated and fused_cpu.usable(scaled):  # drawn from the full distribution: one native pass
         tokens, logprobs = fused_cpu.gumbel_sample(scaled, keys, steps)
         return tokens, logprobs, logprobs

@@ -28,6 +28,11 @@ def test_params_defaults_and_greedy():
     assert not SamplingParams().greedy
 
 
+def test_params_truncated_by_top_k_or_top_p():
+    assert not SamplingParams().truncated
+    assert SamplingParams(top_k=5).truncated and SamplingParams(top_p=0.9).truncated
+
+
 def test_fork_shares_blocks_and_copy_on_write_privatises_the_partial_block():
     manager = BlockManager(num_blocks=8, block_size=4)
     parent = Sequence(0, 0, list(range(6)), [0, 1])  # 6 tokens: one full block, one partial
