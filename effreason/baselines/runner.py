@@ -41,7 +41,8 @@ from effreason.tasks.prompting import encode_prompt
 from effreason.train.config import TrainConfig
 from effreason.train.data import build_task
 from effreason.train.evaluate import evaluate_policy, format_table, summarise
-from effreason.train.loop import step_seed, default_run_dir, seed_everything, warmup_then_constant
+from effreason.train.loop import step_seed, seed_everything, warmup_then_constant
+from effreason.train.run_folder import cleanup_if_no_step, default_run_dir
 from effreason.train.packing import MicroBatch, build_micro_batch, plan_micro_batches
 from effreason.train.rollout import RolloutEngine, SamplingParams
 from effreason.ops import fused_logprobs
@@ -304,7 +305,19 @@ def run_baseline(config: TrainConfig, method: BaselineMethod) -> Path:
     _require_supported(config, method)
     started = time.perf_counter()
     session = open_session(config)
-    _prepare_folder(session, method)
+    with cleanup_if_no_step(session.run_dir):
+        _prepare_folder(session, method)
+        history, before, after = _train(session, method)
+        totals = {"steps": config.steps, "skipped_steps": sum(m["skipped"] for m in history),
+                  "rollout_s": sum(m["rollout_s"] for m in history), "update_s": sum(m["update_s"] for m in history),
+                  "time_s": time.perf_counter() - started}
+        _finish(session, method, before, after, totals)
+    return session.run_dir
+
+
+def _train(session: Session, method: BaselineMethod) -> tuple[list[dict], dict | None, dict | None]:
+    """Evaluate, train ``config.steps`` steps (one metrics line each), evaluate: (history, before, after)."""
+    config = session.config
     method.prepare(session.model)
     optimizer = torch.optim.AdamW(session.model.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.weight_decay)
@@ -317,12 +330,7 @@ def run_baseline(config: TrainConfig, method: BaselineMethod) -> Path:
         with open(session.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(history[-1]) + "\n")
         _log_step(session, history[-1])
-    after = evaluation(session, "after")
-    totals = {"steps": config.steps, "skipped_steps": sum(m["skipped"] for m in history),
-              "rollout_s": sum(m["rollout_s"] for m in history), "update_s": sum(m["update_s"] for m in history),
-              "time_s": time.perf_counter() - started}
-    _finish(session, method, before, after, totals)
-    return session.run_dir
+    return history, before, evaluation(session, "after")
 
 
 def _require_supported(config: TrainConfig, method: BaselineMethod) -> None:

@@ -35,6 +35,7 @@ from effreason.train.data import build_task
 from effreason.train.evaluate import evaluate_policy, format_table, summarise
 from effreason.train.packing import build_micro_batch, plan_micro_batches
 from effreason.train.plots import plot_accuracy_vs_tokens, plot_training_curves
+from effreason.train.run_folder import cleanup_if_no_step, default_run_dir
 from effreason.train.rollout import RolloutEngine, SamplingParams
 from effreason.train.scoring import rewards_and_advantages, truncated_importance_weights
 from effreason.train.step import PolicyLoss, train_on_rollout
@@ -101,11 +102,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_run_dir() -> Path:
-    """``runs/train-YYYYmmdd-HHMMSS`` under the working directory."""
-    return Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-
-
 class Trainer:
     """State and steps of one run; ``run()`` is the whole job."""
 
@@ -126,13 +122,14 @@ class Trainer:
         resume_from = checkpoints.latest_checkpoint(self.run_dir) if self.config.resume else None
         if self.config.resume and resume_from is None:
             raise ValueError(f"resume: no checkpoint in {self.run_dir}")
-        self._prepare_folder(resuming=resume_from is not None)
-        seed_everything(self.config.seed)
-        self._build(resume_from)
-        before = self._evaluation("before")
-        self._train_steps()
-        after = self._evaluation("after")
-        self._finish(before, after, time.perf_counter() - started)
+        with cleanup_if_no_step(self.run_dir, owner=self.context.is_main):
+            self._prepare_folder(resuming=resume_from is not None)
+            seed_everything(self.config.seed)
+            self._build(resume_from)
+            before = self._evaluation("before")
+            self._train_steps()
+            after = self._evaluation("after")
+            self._finish(before, after, time.perf_counter() - started)
         return self.run_dir
 
     def _prepare_folder(self, resuming: bool) -> None:

@@ -228,3 +228,18 @@ def test_resume_is_refused(tiny_model_dir, tmp_path):
     config = TrainConfig(model=str(tiny_model_dir), out=str(tmp_path), resume=str(tmp_path))
     with pytest.raises(ValueError, match="resume"):
         run_dpo(config)
+
+
+def test_a_baseline_that_fails_before_its_first_step_leaves_no_folder(tiny_model_dir, tmp_path, monkeypatch):
+    from effreason.baselines import runner
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runner, "one_step", fail)
+    out = tmp_path / "rs-sft"
+    config = TrainConfig(model=str(tiny_model_dir), out=str(out), steps=2, group_size=4, prompts_per_step=3,
+                         max_new_tokens=8, eval_problems=2, eval_max_new_tokens=8, quiet=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_rs_sft(config, RSSFTOptions())
+    assert not out.exists()

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from effreason.train import TrainingAborted, config_from_args, run
 from effreason.train.__main__ import main
+from effreason.train.loop import Trainer
 from effreason.train.step import PolicyLoss
 
 from train_helpers import tiny_run_flags
@@ -60,6 +61,56 @@ def test_other_objectives_run(tiny_model_dir, toy_data_file, tmp_path, overrides
     run(config)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(m["skipped"] == 0 for m in metrics)
+
+
+def _fail_in(monkeypatch, method_name: str):
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Trainer, method_name, fail)
+
+
+@pytest.mark.parametrize("where", ["_build", "_evaluation", "_one_step"])
+def test_a_run_that_fails_before_its_first_step_leaves_no_folder(tiny_model_dir, toy_data_file, tmp_path, monkeypatch, where):
+    _fail_in(monkeypatch, where)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="boom"):
+        run(config_from_args(tiny_run_flags(tiny_model_dir, toy_data_file, out)))
+    assert not out.exists()
+
+
+def test_a_bad_start_from_the_cli_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--model", str(tmp_path / "nowhere"), "--out", str(out), "--steps", "1"]) == 1
+    assert "no config.json" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_existing_out_folder_is_never_removed(tiny_model_dir, toy_data_file, tmp_path, monkeypatch):
+    _fail_in(monkeypatch, "_build")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="boom"):
+        run(config_from_args(tiny_run_flags(tiny_model_dir, toy_data_file, out)))
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_failure_after_a_step_keeps_the_folder(tiny_model_dir, toy_data_file, tmp_path, monkeypatch):
+    original = Trainer._one_step
+    calls = {"count": 0}
+
+    def second_step_fails(self):
+        calls["count"] += 1
+        if calls["count"] == 2:
+            raise RuntimeError("boom")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "_one_step", second_step_fails)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="boom"):
+        run(config_from_args(tiny_run_flags(tiny_model_dir, toy_data_file, out, steps=3, eval_problems=0)))
+    assert (out / "checkpoint" / "state.json").exists() and (out / "metrics.jsonl").read_text().strip()
 
 
 def _nan_on_calls(monkeypatch, bad_calls):
