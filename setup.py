@@ -12,7 +12,10 @@ Environment switches:
 
 * ``EFFREASON_SKIP_NATIVE=1``   build no native code at all.
 * ``EFFREASON_SKIP_CUDA=1``     build the CPU part only, even where CUDA is available.
-* ``EFFREASON_CUDA_ARCHS``      semicolon list of SM targets, default ``80;90a`` (Hopper needs 90a).
+* ``EFFREASON_CUDA_ARCHS``      semicolon list of SM targets, default ``80;90``: machine code for each,
+                                plus PTX of the newest, which GPUs newer than every target compile at load.
+
+``python setup.py --print-cuda-flags`` prints the nvcc flags of a build (CI's compile check uses them).
 """
 
 import glob
@@ -42,12 +45,18 @@ def _have_cxx():
     return any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++"))
 
 
-def _cuda_gencode_flags():
-    archs = os.environ.get("EFFREASON_CUDA_ARCHS", "80;90a").split(";")
-    flags = []
-    for arch in filter(None, (a.strip() for a in archs)):
-        flags.append(f"-gencode=arch=compute_{arch},code=sm_{arch}")
-    return flags
+DEFAULT_CUDA_ARCHS = "80;90"
+CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp"]  # -fopenmp: at::parallel_for is an OpenMP pragma in ATen's headers
+NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo"]
+
+
+def cuda_gencode_flags():
+    """``sm_XX`` machine code per target in ``EFFREASON_CUDA_ARCHS`` and ``compute_XX`` PTX of the newest
+    (without an ``a``/``f`` suffix: architecture-specific PTX cannot be compiled for other GPUs)."""
+    archs = [arch.strip() for arch in os.environ.get("EFFREASON_CUDA_ARCHS", DEFAULT_CUDA_ARCHS).split(";") if arch.strip()]
+    flags = [f"-gencode=arch=compute_{arch},code=sm_{arch}" for arch in archs]
+    newest = max((arch.rstrip("af") for arch in archs), key=int)
+    return flags + [f"-gencode=arch=compute_{newest},code=compute_{newest}"]
 
 
 def _native_extensions():
@@ -78,8 +87,6 @@ def _native_extensions():
         and cpp_extension.CUDA_HOME is not None
         and shutil.which(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")) is not None
     )
-    # -fopenmp: at::parallel_for is an OpenMP pragma in ATen's headers; without it the CPU ops run serially
-    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     if with_cuda:
         extension = cpp_extension.CUDAExtension(
             name="effreason._C",
@@ -88,8 +95,8 @@ def _native_extensions():
             define_macros=[("EFFREASON_WITH_CUDA", "1")],
             extra_link_args=["-fopenmp"],
             extra_compile_args={
-                "cxx": cxx_flags,
-                "nvcc": ["-O3", "-std=c++17", "-lineinfo"] + _cuda_gencode_flags(),
+                "cxx": CXX_FLAGS,
+                "nvcc": NVCC_FLAGS + cuda_gencode_flags(),
             },
         )
     else:
@@ -97,20 +104,27 @@ def _native_extensions():
             name="effreason._C",
             sources=cpu_sources,
             include_dirs=[os.path.abspath("csrc")],
-            extra_compile_args={"cxx": cxx_flags},
+            extra_compile_args={"cxx": CXX_FLAGS},
             extra_link_args=["-fopenmp"],
         )
     print(f"effreason: building effreason._C ({'CPU + CUDA' if with_cuda else 'CPU'})", file=sys.stderr)
     return [extension], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
 
 
-ext_modules, cmdclass = _native_extensions()
+def main():
+    if sys.argv[1:] == ["--print-cuda-flags"]:
+        print(" ".join(NVCC_FLAGS + cuda_gencode_flags()))
+        return
+    ext_modules, cmdclass = _native_extensions()
+    setup(
+        packages=_python_packages(),
+        package_dir={"effreason": "effreason", "effreason.kernels": "kernels"},
+        package_data={"effreason": ["assets/**/*", "data/fixtures/*"]},
+        include_package_data=True,
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+    )
 
-setup(
-    packages=_python_packages(),
-    package_dir={"effreason": "effreason", "effreason.kernels": "kernels"},
-    package_data={"effreason": ["assets/**/*", "data/fixtures/*"]},
-    include_package_data=True,
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+
+if __name__ == "__main__":
+    main()

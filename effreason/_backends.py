@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import warnings
 
 import torch
 
@@ -33,6 +34,47 @@ def has_native_cuda() -> bool:
     """True when ``effreason._C`` was built with its CUDA kernels."""
     module = native_module()
     return module is not None and bool(getattr(module, "with_cuda", False))
+
+
+def native_cuda_usable(device: torch.device | None = None) -> bool:
+    """True when ``effreason._C``'s CUDA kernels launch on ``device`` (default: the current CUDA device).
+
+    The build holds machine code for its target architectures and PTX of the newest, which newer
+    GPUs compile at load time; an older GPU than every target has neither, so its first launch
+    fails. One tiny launch per device decides, with a warning when it fails: the ``auto`` backends
+    then take Triton or torch instead.
+    """
+    if not has_native_cuda() or not torch.cuda.is_available():
+        return False
+    device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+    if device.type != "cuda":
+        return False
+    return _probe_native_cuda(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_native_cuda(device_index: int) -> bool:
+    device = torch.device("cuda", device_index)
+    try:
+        _tiny_native_launch(device)
+    except RuntimeError as error:
+        major, minor = torch.cuda.get_device_capability(device)
+        warnings.warn(
+            f"effreason._C's CUDA kernels cannot run on {torch.cuda.get_device_name(device)} (sm_{major}{minor}): "
+            f"{str(error).splitlines()[0]}. Using the Triton or torch paths instead; rebuild with "
+            f"EFFREASON_CUDA_ARCHS=\"{major}{minor}\" for the native kernels.",
+            RuntimeWarning, stacklevel=3,
+        )
+        return False
+    return True
+
+
+def _tiny_native_launch(device: torch.device) -> None:
+    """One launch of the smallest native CUDA kernel (the segment op), waited for."""
+    correct = torch.ones(2, dtype=torch.bool, device=device)
+    lengths = torch.ones(2, dtype=torch.float32, device=device)
+    torch.ops.effreason.length_penalized_rloo(correct, lengths, 2, 0.5)
+    torch.cuda.synchronize(device)
 
 
 @functools.lru_cache(maxsize=None)

@@ -68,11 +68,25 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, num_tokens: int) -> torch.Tensor:
         raise ValueError(f"cu_seqlens must be int32 or int64, got dtype {cu_seqlens.dtype}")
     if cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must have at least 2 elements (S + 1 with S >= 1), got {cu_seqlens.numel()}")
-    if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != num_tokens:
+    if int(cu_seqlens[0]) != 0:
         raise ValueError(
-            f"cu_seqlens must start at 0 and end at the number of tokens ({num_tokens}), "
-            f"got {int(cu_seqlens[0])} .. {int(cu_seqlens[-1])}"
+            f"cu_seqlens must start with 0 (S + 1 boundaries 0, end of sequence 1, ..., {num_tokens}), "
+            f"got cu_seqlens[0] = {int(cu_seqlens[0])}"
         )
+    if int(cu_seqlens[-1]) != num_tokens:
+        raise ValueError(f"cu_seqlens must end at the number of tokens ({num_tokens}), got cu_seqlens[-1] = {int(cu_seqlens[-1])}")
     if bool((cu_seqlens[1:] < cu_seqlens[:-1]).any()):
         raise ValueError("cu_seqlens must be non-decreasing")
     return cu_seqlens
+
+
+def check_correct_per_sequence(correct, cu_seqlens: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Require valid ``cu_seqlens`` for ``num_tokens`` tokens and a bool ``correct`` with one entry per sequence."""
+    check_cu_seqlens(cu_seqlens, num_tokens)
+    check_vector("correct", correct)
+    num_sequences = cu_seqlens.numel() - 1
+    if correct.numel() != num_sequences:
+        raise ValueError(
+            f"correct must have one entry per sequence (S = len(cu_seqlens) - 1 = {num_sequences}), got {correct.numel()}"
+        )
+    return check_bool("correct", correct)

@@ -18,7 +18,7 @@ from effreason.data import SPEC_HELP
 from effreason.eval.config import EvalConfig
 from effreason.eval.evaluate import evaluate, load_datasets
 from effreason.eval.plots import plot_tradeoff
-from effreason.eval.report import format_table, write_report
+from effreason.eval.report import format_table, settings_line, write_report
 
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
 
@@ -59,6 +59,7 @@ def run(config: EvalConfig) -> dict:
     datasets = load_datasets(config.data, max_problems=config.max_problems, seed=config.seed,
                              question_field=config.question_field, answer_field=config.answer_field)
     report = evaluate(config, datasets)
+    print(settings_line(report))
     print(format_table(report))
     if config.json:
         write_report(report, config.json)
@@ -78,10 +79,18 @@ def tradeoff_points(report: dict) -> list[dict]:
     ]
 
 
+def describe_error(error: Exception) -> str:
+    """The error as one line; an import that found the wrong module says which file Python took."""
+    if isinstance(error, ImportError) and error.path:
+        return (f"{error} (Python took module {error.name!r} from {error.path}: the installation is broken "
+                f"or a folder shadows it, not your input)")
+    return str(error)
+
+
 def main(argv=None) -> int:
     try:
         run(config_from_args(build_parser().parse_args(argv)))
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from effreason.data.load import DEFAULT_GENERATED_SIZE
 from effreason.eval.metrics import average_normalised, normalised
 
 
@@ -55,20 +56,45 @@ def write_report(report: dict, path: str | Path) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def settings_line(report: dict) -> str:
+    """The model and how its responses were sampled, one line for above the table: two evaluations
+    compare only under the same settings (the training run's table is greedy, 320 tokens, 504 problems)."""
+    settings = report.get("settings") or {}
+    temperature = settings.get("temperature")
+    parts = [
+        f"{settings.get('n')} sample(s) per problem",
+        "greedy" if temperature == 0 else f"temperature {temperature}",
+        f"at most {settings.get('max_new_tokens')} new tokens",
+        f"seed {settings.get('seed')}",
+        f"at most {settings['max_problems']} problems per dataset" if settings.get("max_problems")
+        else f"every problem of a file, {DEFAULT_GENERATED_SIZE} of a generated dataset",
+    ]
+    if settings.get("force_answer"):
+        parts.append("answer forced after the cut-off")
+    if settings.get("prompt_budget"):
+        parts.append(f"prompted budget {settings['prompt_budget']} tokens")
+    return f"{report['model']}: " + ", ".join(parts)
+
+
 def format_table(report: dict) -> str:
-    """Fixed-width table: one row per dataset, indented rows per difficulty, normalised columns with a baseline."""
+    """Fixed-width table: one row per dataset, indented rows per difficulty; with a baseline, its own
+    accuracy and mean tokens, then the normalised columns (100 = baseline)."""
     normalised_rows = report.get("normalised") or {}
+    baseline = (report.get("baseline") or {}).get("datasets", {})
     header = ["dataset", "problems", "samples", "acc %", "mean tok", "median tok", "trunc %"]
     if normalised_rows:
-        header += ["acc norm", "tok norm"]
+        header += ["base acc %", "base tok", "acc norm", "tok norm"]
     rows = []
     for label, metrics in report["datasets"].items():
+        base = baseline.get(label)
         rows.append([label, str(metrics["num_problems"]), str(metrics["num_samples"]), *_stat_cells(metrics),
-                     *_normalised_cells(normalised_rows, label)])
+                     *_baseline_cells(normalised_rows, base), *_normalised_cells(normalised_rows, label)])
         for level, stats in metrics.get("by_difficulty", {}).items():
-            rows.append([f"  level {level}", "", "", *_stat_cells(stats), *_normalised_cells(normalised_rows, None)])
+            base_level = (base or {}).get("by_difficulty", {}).get(level)
+            rows.append([f"  level {level}", "", "", *_stat_cells(stats), *_baseline_cells(normalised_rows, base_level),
+                         *_normalised_cells(normalised_rows, None)])
     if normalised_rows:
-        rows.append(["average", "", "", "", "", "", "", *_normalised_cells(normalised_rows, "average")])
+        rows.append(["average", "", "", "", "", "", "", "", "", *_normalised_cells(normalised_rows, "average")])
     widths = [max(len(row[index]) for row in [header, *rows]) for index in range(len(header))]
     lines = [_join(row, widths) for row in [header, *rows]]
     lines += _budget_lines(report["datasets"])
@@ -78,6 +104,14 @@ def format_table(report: dict) -> str:
 def _stat_cells(stats: dict) -> list[str]:
     return [f"{100 * stats['accuracy']:.1f}", f"{stats['mean_tokens']:.1f}", f"{stats['median_tokens']:.1f}",
             f"{100 * stats['truncation_rate']:.1f}"]
+
+
+def _baseline_cells(normalised_rows: dict, stats: dict | None) -> list[str]:
+    if not normalised_rows:
+        return []
+    if not stats:
+        return ["", ""]
+    return [f"{100 * stats['accuracy']:.1f}", f"{stats['mean_tokens']:.1f}"]
 
 
 def _normalised_cells(normalised_rows: dict, label: str | None) -> list[str]:

@@ -23,8 +23,8 @@ from typing import Optional
 import torch
 
 from effreason import losses
-from effreason._backends import has_native_cuda, triton_usable_on
-from effreason._validation import check_bool, check_cu_seqlens, check_vector
+from effreason._backends import native_cuda_usable, triton_usable_on
+from effreason._validation import check_bool, check_correct_per_sequence, check_cu_seqlens, check_vector
 from effreason.ops import chunked, ppo_terms
 from effreason.ops.segment import length_penalized_rloo
 
@@ -35,9 +35,10 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 # ----------------------------------------------------------------------------- backends
 
 
-def cuda_kernels_available() -> bool:
-    """Whether ``effreason._C`` was built with the fused-logprobs CUDA row kernels."""
-    return has_native_cuda() and hasattr(torch.ops.effreason, "fused_logprobs_row_stats")
+def cuda_kernels_available(device: torch.device | None = None) -> bool:
+    """Whether ``effreason._C`` has the fused-logprobs CUDA row kernels and they launch on ``device``
+    (default: the current CUDA device)."""
+    return native_cuda_usable(device) and hasattr(torch.ops.effreason, "fused_logprobs_row_stats")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -46,12 +47,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     on_gpu = device.type == "cuda"
     if backend == "auto":
-        if on_gpu and cuda_kernels_available():
+        if on_gpu and cuda_kernels_available(device):
             return "cuda"
         return "triton" if on_gpu and triton_usable_on(device) else "torch"
     if backend == "triton" and not triton_usable_on(device):
         raise ValueError(f"backend='triton' needs a CUDA device or TRITON_INTERPRET=1 on the CPU, got {device}")
-    if backend == "cuda" and not (on_gpu and cuda_kernels_available()):
+    if backend == "cuda" and not (on_gpu and cuda_kernels_available(device)):
         raise ValueError(f"backend='cuda' needs CUDA tensors and effreason._C built with CUDA, got {device}")
     return backend
 
@@ -203,12 +204,21 @@ def fused_logprobs(
 ):
     """Per-token ``log p_t = log_softmax(hidden @ weight.T / T)[target_t]`` without the (N, V) logits.
 
-    hidden (N, H) and weight (V, H) in float32/bfloat16/float16 (float64 for tests), targets (N,)
-    int64 in [0, V). Returns float32 (N,) (float64 for float64 inputs) and, with ``return_entropy``,
-    the entropy ``H_t = -sum_v p_tv log p_tv`` (N,). Both are differentiable with respect to hidden
-    and weight for any upstream gradient: backward recomputes the logits chunk by chunk,
-    ``dz_tv = g_t (onehot_tv - p_tv) - gH_t p_tv (log p_tv + H_t)``. Oracle:
-    ``effreason.ops.reference.token_logprobs(_and_entropy)``.
+    Args:
+        hidden: (N, H) float32, bfloat16 or float16 (float64 for tests): the last hidden states of
+            the N positions whose next token is scored.
+        weight: (V, H), ``hidden``'s dtype and device: the LM head (``model.lm_head.weight``).
+        targets: (N,) int64 or int32 token ids in [0, V), on ``hidden``'s device.
+        temperature: float > 0; the logits are divided by it (the sampling temperature).
+        return_entropy: also return the entropy ``H_t = -sum_v p_tv log p_tv``.
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"`` (see ``resolve_backend``).
+
+    Returns:
+        (N,) float32 log-probs (float64 for float64 inputs) and, with ``return_entropy``, the (N,)
+        entropy. Both are differentiable with respect to hidden and weight for any upstream
+        gradient: backward recomputes the logits chunk by chunk,
+        ``dz_tv = g_t (onehot_tv - p_tv) - gH_t p_tv (log p_tv + H_t)``.
+        Oracle: ``effreason.ops.reference.token_logprobs(_and_entropy)``.
     """
     hidden, weight, targets = _check_lm_head(hidden, weight, targets)
     temperature = _check_temperature(temperature)
@@ -306,12 +316,32 @@ def fused_ppo_loss(
     """The packed PPO loss ``sum_t w_t loss_t`` straight from hidden states, equal to ``reference.ppo_loss``.
 
     ``loss_t = max(-A_t r_t, -A_t clip(r_t, 1 - eps_low, 1 + eps_high)) [+ kl_coef * kl_t]`` with
-    ``r_t = exp(logp_t - old_t)`` (Schulman et al. 2017; DAPO's separate clip), ``w_t`` the
-    aggregation weights of ``effreason.losses.aggregation_weights`` and ``A`` per-sequence
-    advantages (S,), KL-shaped per token with ``kl_in_reward``. Options, shapes and stats are those
-    of ``effreason.losses.policy_loss``; masked tokens are dropped before any matmul. Returns the
-    scalar loss (differentiable with respect to hidden and weight) and detached 0-d stats
-    ``clip_fraction``, ``ratio_mean``, ``kl_mean``, ``entropy_mean`` over unmasked tokens.
+    ``r_t = exp(logp_t - old_t)`` (Schulman et al. 2017; DAPO's separate clip) and ``w_t`` the
+    aggregation weights of ``effreason.losses.aggregation_weights``. Masked tokens are dropped
+    before any matmul.
+
+    Args (N response tokens of S packed sequences; sequence s owns tokens ``cu_seqlens[s]:cu_seqlens[s+1]``):
+        hidden: (N, H) float32, bfloat16 or float16 (float64 for tests): the hidden state that
+            predicts each response token.
+        weight: (V, H), ``hidden``'s dtype and device: the LM head.
+        targets: (N,) int64 or int32 token ids in [0, V): the response tokens.
+        cu_seqlens: (S + 1,) int32 or int64, starting at 0, non-decreasing, ending at N.
+        advantages: (S,) floating, one advantage per sequence (treated as constants).
+        old_logprobs: (N,) floating sampling-time log-probs; None means on-policy (ratio 1).
+        ref_logprobs: (N,) floating reference-policy log-probs; needed when ``kl_coef > 0``.
+        kl_coef: float >= 0. kl_estimator: ``"k1"`` or ``"k3"``. kl_in_reward: subtract the KL
+            from the per-token reward (needs ``old_logprobs``) instead of adding it to the loss.
+        clip_eps: (low, high) floats with ``0 <= low < 1`` and ``high >= 0``.
+        loss_agg: ``"token-mean"``, ``"seq-mean-token-mean"`` (the paper's),
+            ``"seq-mean-token-sum"`` or ``"seq-mean-token-sum-norm"`` (Dr. GRPO).
+        token_mask: (N,) bool; False tokens are left out of the loss.
+        norm_length: float > 0, the divisor of ``seq-mean-token-sum-norm`` (default: the longest sequence).
+        temperature: float > 0. backend: as for ``fused_logprobs``.
+
+    Returns:
+        ``(loss, stats)``: the 0-d loss (float32, float64 for float64 inputs), differentiable with
+        respect to hidden and weight, and detached 0-d stats ``clip_fraction``, ``ratio_mean``,
+        ``kl_mean``, ``entropy_mean`` over unmasked tokens.
     """
     hidden, weight, targets = _check_lm_head(hidden, weight, targets)
     old_logprobs, ref_logprobs, token_mask = _check_packed_inputs(
@@ -379,11 +409,29 @@ def fused_policy_loss(
     """The paper's objective on packed sequences (Arora & Zanette 2025), equal to ``reference.policy_loss``.
 
     Rewards ``r_i = 1 - alpha * sigmoid((len_i - mean_c) / (std_c + 1e-7))`` for correct samples
-    (0 otherwise) and RLOO advantages ``A_i = r_i - mean_{j != i} r_j`` within each group of
-    ``group_size`` consecutive samples (``length_penalized_rloo``, once per call, native when built),
-    lengths from ``cu_seqlens``; then ``fused_ppo_loss`` with ``ppo_options`` (old/ref log-probs, KL,
-    clip, aggregation, mask, temperature). Stats add ``reward_mean`` and ``advantage_mean``.
+    (0 otherwise; mean and population std over the group's correct samples) and RLOO advantages
+    ``A_i = r_i - mean_{j != i} r_j`` within each group of ``group_size`` consecutive samples
+    (``length_penalized_rloo``, native when built), then ``fused_ppo_loss``.
+
+    Args (N response tokens of S packed samples):
+        hidden: (N, H) float32, bfloat16 or float16 (float64 for tests): the hidden state that
+            predicts each response token.
+        weight: (V, H), ``hidden``'s dtype and device: the LM head.
+        targets: (N,) int64 or int32 token ids in [0, V): the response tokens.
+        cu_seqlens: (S + 1,) int32 or int64, starting at 0, non-decreasing, ending at N; sample s
+            owns tokens ``cu_seqlens[s]:cu_seqlens[s+1]``, and their count is its length.
+        correct: (S,) bool: whether sample s answered correctly.
+        group_size: int >= 2 dividing S; the samples of one prompt are consecutive.
+        alpha: float in [0, 1], the strength of the length penalty.
+        backend: as for ``fused_logprobs``.
+        ppo_options: the keyword options of ``fused_ppo_loss`` (old/ref log-probs, KL, clip,
+            aggregation, token mask, norm length, temperature).
+
+    Returns:
+        ``(loss, stats)`` as ``fused_ppo_loss``; stats add ``reward_mean`` and ``advantage_mean``.
     """
+    hidden, weight, targets = _check_lm_head(hidden, weight, targets)
+    check_correct_per_sequence(correct, cu_seqlens, hidden.shape[0])
     rewards, advantages = length_penalized_rloo(correct, losses.sequence_lengths(cu_seqlens), group_size, alpha)
     loss, stats = fused_ppo_loss(hidden, weight, targets, cu_seqlens, advantages, backend=backend, **ppo_options)
     stats["reward_mean"] = rewards.mean()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from effreason import losses
+from effreason._validation import check_correct_per_sequence
 from effreason.ops.segment import length_penalized_rloo_torch
 
 
@@ -86,6 +87,7 @@ def policy_loss(
     advantages their leave-one-out baseline (``effreason.advantages.rloo_advantages``), then
     ``ppo_loss``. Stats add ``reward_mean`` and ``advantage_mean``.
     """
+    check_correct_per_sequence(correct, cu_seqlens, targets.shape[0])
     lengths = losses.sequence_lengths(cu_seqlens)
     rewards, advantages = length_penalized_rloo_torch(correct, lengths, group_size, alpha)
     loss, stats = ppo_loss(hidden, weight, targets, cu_seqlens, advantages, temperature=temperature, **loss_options)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from effreason._backends import has_native, has_native_cuda
+from effreason._backends import has_native, native_cuda_usable
 from effreason._validation import check_bool, check_group_size, check_lengths, check_unit_interval, check_vector
 from effreason.advantages import rloo_advantages
 from effreason.rewards import length_penalized_reward
@@ -26,7 +26,7 @@ def native_segment_available(device: torch.device) -> bool:
     """Whether the native segment kernel exists for ``device``."""
     if device.type == "cpu":
         return has_native()
-    return device.type == "cuda" and has_native_cuda()
+    return device.type == "cuda" and native_cuda_usable(device)
 
 
 def length_penalized_rloo_torch(

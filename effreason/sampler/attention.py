@@ -242,7 +242,7 @@ def usable_decode_backends(device: torch.device, dtype: torch.dtype, block_size:
     usable = {
         "flash": _flash_attn() is not None and dtype in _FLASH_DTYPES and block_size % 256 == 0,
         "triton": _backends.has_triton(),
-        "native": _backends.has_native_cuda() and _has_native_op(),
+        "native": _has_native_op() and _backends.native_cuda_usable(device),
         "torch": True,
     }
     return [name for name in DECODE_BACKENDS if usable[name]]

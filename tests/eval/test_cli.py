@@ -25,7 +25,9 @@ def test_eval_end_to_end(tiny_model_dir, tmp_path, capsys):
                    "--json", report_path, "--plot", plot_path)
     assert code == 0
     table = capsys.readouterr().out
-    assert table.splitlines()[0].startswith("dataset") and "math500" in table and "level" in table
+    settings, header = table.splitlines()[:2]
+    assert settings == f"{tiny_model_dir}: 2 sample(s) per problem, temperature 0.6, at most 6 new tokens, seed 1, at most 3 problems per dataset"
+    assert header.startswith("dataset") and "math500" in table and "level" in table
     report = json.loads(report_path.read_text())
     toy = report["datasets"]["toy"]
     assert toy["num_problems"] == 3 and toy["num_samples"] == 6
@@ -93,3 +95,15 @@ def test_saved_tokenizer_loads_exactly_as_built(tiny_model_dir):
     built, loaded = build_tokenizer(ToyTask()), load_tokenizer(tiny_model_dir)
     assert encode_prompt(question, loaded) == encode_prompt(question, built)
     assert question in loaded.decode(encode_prompt(question, loaded))
+
+
+def test_an_import_of_the_wrong_module_names_its_file(tiny_model_dir, capsys, monkeypatch):
+    import effreason.eval.cli as cli
+
+    def shadowed(config):
+        raise ImportError("cannot import name 'CUDAProperties' from 'kernels'", name="kernels", path="/clone/kernels/__init__.py")
+
+    monkeypatch.setattr(cli, "run", shadowed)
+    assert run_cli("--model", tiny_model_dir) == 2
+    error = capsys.readouterr().err.strip()
+    assert "Python took module 'kernels' from /clone/kernels/__init__.py" in error and "\n" not in error

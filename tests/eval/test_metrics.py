@@ -8,7 +8,7 @@ import pytest
 
 from effreason.eval.metrics import SampleResult, average_normalised, budget_adherence, dataset_metrics, normalised, pass_at_1
 from effreason.eval.plots import plot_tradeoff
-from effreason.eval.report import build_report, format_table, read_report, write_report
+from effreason.eval.report import build_report, format_table, read_report, settings_line, write_report
 
 
 def sample(uid, correct, tokens, *, difficulty=None, finish="stop", index=0):
@@ -76,10 +76,20 @@ def test_report_with_baseline_and_table():
     table = format_table(report)
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["dataset", "problems", "samples"] and "tok norm" in lines[0]
-    assert lines[1].split() == ["toy", "2", "2", "50.0", "15.0", "15.0", "0.0", "50.0", "37.5"]
-    assert lines[2].strip().startswith("level 2")
+    assert "base acc %" in lines[0] and "base tok" in lines[0]
+    assert lines[1].split() == ["toy", "2", "2", "50.0", "15.0", "15.0", "0.0", "100.0", "40.0", "50.0", "37.5"]
+    assert lines[2].split() == ["level", "2", "100.0", "10.0", "10.0", "0.0", "100.0", "40.0"]
     assert lines[4].split() == ["average", "50.0", "37.5"]
     assert "prompted budget 15 tokens: 50.0% of responses within it" in table
+
+
+def test_settings_line_names_the_sampling():
+    report = build_report("tuned", {"n": 3, "temperature": 0.6, "max_new_tokens": 32768, "seed": 0, "max_problems": None,
+                                    "force_answer": False, "prompt_budget": 64}, {})
+    assert settings_line(report) == ("tuned: 3 sample(s) per problem, temperature 0.6, at most 32768 new tokens, seed 0, "
+                                     "every problem of a file, 200 of a generated dataset, prompted budget 64 tokens")
+    greedy = build_report("m", {"n": 1, "temperature": 0, "max_new_tokens": 320, "seed": 0, "max_problems": 504}, {})
+    assert "greedy, at most 320 new tokens, seed 0, at most 504 problems per dataset" in settings_line(greedy)
 
 
 def test_report_without_shared_datasets_rejected():

@@ -342,6 +342,22 @@ def test_bad_inputs_raise_value_error_naming_the_argument(change, argument):
         fused_logprobs(hidden, weight, targets, backend="torch")
 
 
+@pytest.mark.parametrize("loss", [fused_policy_loss, reference.policy_loss])
+@pytest.mark.parametrize(
+    "cu_seqlens, correct, message",
+    [
+        ([0, 2, 4, 6, 8, 10, 13], [True, False, True, True, False], r"correct must have one entry per sequence \(S = len\(cu_seqlens\) - 1 = 6\), got 5"),
+        ([2, 4, 6, 8, 10, 13], [True] * 6, r"cu_seqlens must start with 0 .*got cu_seqlens\[0\] = 2"),
+        ([0, 2, 4, 6, 8, 10, 12], [True] * 6, r"cu_seqlens must end at the number of tokens \(13\)"),
+        ([0, 2, 4, 6, 8, 10, 13], [1, 0, 1, 1, 0, 1], "correct must be a bool tensor"),
+    ],
+)
+def test_policy_loss_errors_name_what_the_user_passed(loss, cu_seqlens, correct, message):
+    hidden, weight, targets = make_lm_head(13, 24, 101)
+    with pytest.raises(ValueError, match=message):
+        loss(hidden.float(), weight.float(), targets, torch.tensor(cu_seqlens), torch.tensor(correct), group_size=2, alpha=0.2)
+
+
 def test_triton_launcher_rejects_bad_rows():
     _backend_device("triton")
     from effreason.kernels import fused_logprobs as triton_rows

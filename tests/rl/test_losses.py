@@ -99,7 +99,8 @@ def test_policy_loss_all_masked_is_zero():
     "kwargs, message",
     [
         (dict(advantages=torch.ones(3)), "advantages must have 4"),
-        (dict(cu_seqlens=torch.tensor([0, 2, 7])), "cu_seqlens must start at 0 and end"),
+        (dict(cu_seqlens=torch.tensor([0, 2, 7])), r"cu_seqlens must end at the number of tokens \(6\), got cu_seqlens\[-1\] = 7"),
+        (dict(cu_seqlens=torch.tensor([2, 4, 6])), r"cu_seqlens must start with 0 .*got cu_seqlens\[0\] = 2"),
         (dict(cu_seqlens=torch.tensor([0, 3, 2, 6])), "non-decreasing"),
         (dict(cu_seqlens=torch.tensor([0.0, 6.0])), "int32 or int64"),
         (dict(old_logprobs=torch.zeros(5)), "old_logprobs must have 6"),
