@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU check of the project, under 8 minutes on an H100/H200:
 #   1. installs the package (editable, so effreason.kernels resolves) and builds effreason._C with its
-#      CUDA kernels (Hopper only, to save time),
+#      CUDA kernels (sm_90 and its PTX only, to save time),
 #   2. measures the card's ceilings (bf16 matmul TFLOP/s, device copy bandwidth: bench/ceilings.py),
 #   3. runs the GPU tests: fused ops (torch, triton and cuda backends), the native segment op, the
 #      sampler (greedy equality with HF generate(), log-probs, preemption, Triton/CUDA attention,
@@ -34,8 +34,8 @@ fi
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader
   "$PY" -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
-  stage "building effreason._C (CUDA, sm_${EFFREASON_CUDA_ARCHS:-90a})"
-  if EFFREASON_CUDA_ARCHS="${EFFREASON_CUDA_ARCHS:-90a}" MAX_JOBS="${MAX_JOBS:-16}" timeout 240 \
+  stage "building effreason._C (CUDA, sm_${EFFREASON_CUDA_ARCHS:-90})"
+  if EFFREASON_CUDA_ARCHS="${EFFREASON_CUDA_ARCHS:-90}" MAX_JOBS="${MAX_JOBS:-16}" timeout 240 \
       "$PY" setup.py build_ext --inplace >"$EFFREASON_BENCH_RESULTS/build.log" 2>&1; then
     echo "build ok"
   else

@@ -204,20 +204,6 @@ def cpu_inputs():
     return make_inputs(CPU_SHAPE)
 
 
-@pytest.mark.parametrize("name", CONTESTANTS)
-def test_cpu_step(benchmark, cpu_inputs, name):
-    """pytest-benchmark timing of each contestant alone (CPU, fp32)."""
-    step = make_step(name, CPU_SHAPE, cpu_inputs, "torch")
-    if step is None:
-        pytest.skip(f"{name} unavailable")
-
-    def run():
-        step()
-        _clear_grads(cpu_inputs)
-
-    benchmark.pedantic(run, rounds=2 if QUICK else 3, iterations=1, warmup_rounds=1)
-
-
 def test_cpu_ratios(cpu_inputs, capsys):
     """Interleaved times, ratios to the matmul floor and peak extra memory; printed and saved."""
     steps = {name: make_step(name, CPU_SHAPE, cpu_inputs, "torch") for name in CONTESTANTS}
