@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from effreason.data import SPEC_HELP
+from effreason.grading import ANSWER_KINDS
 from effreason.eval.config import EvalConfig
 from effreason.eval.evaluate import evaluate, load_datasets
 from effreason.eval.plots import plot_tradeoff
@@ -38,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-problems", type=int, help="use at most this many problems per dataset")
     parser.add_argument("--force-answer", action="store_true", help="cut-off baseline: after --max-new-tokens, append '... the answer is \\boxed{' and let the model finish")
     parser.add_argument("--prompt-budget", type=int, help="prompted-budget baseline: ask for an answer in fewer than this many tokens")
-    parser.add_argument("--question-field", default=defaults.question_field, help="question field of jsonl: datasets")
-    parser.add_argument("--answer-field", default=defaults.answer_field, help="answer field of jsonl: datasets")
+    parser.add_argument("--question-field", help="question field of jsonl: datasets (default: question, problem or prompt)")
+    parser.add_argument("--answer-field", help="answer field of jsonl: datasets (default: answer, solution or final_answer)")
+    parser.add_argument("--answer-kind", default=defaults.answer_kind, choices=ANSWER_KINDS,
+                        help="how answers are extracted from responses to dataset files (default: boxed, the paper's rule)")
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default=defaults.dtype, help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--progress", action="store_true", help="show a progress bar of generated responses on stderr")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from effreason.data.scoring import DEFAULT_ANSWER_KIND
+from effreason.grading import ANSWER_KINDS
 from effreason.sampler import SamplingParams
 
 
@@ -35,8 +37,9 @@ class EvalConfig:
     max_problems: int | None = None
     force_answer: bool = False
     prompt_budget: int | None = None
-    question_field: str = "question"
-    answer_field: str = "answer"
+    question_field: str | None = None
+    answer_field: str | None = None
+    answer_kind: str = DEFAULT_ANSWER_KIND
     device: str = "auto"
     dtype: str = "auto"
     progress: bool = False
@@ -49,6 +52,8 @@ class EvalConfig:
         _require_int("seed", self.seed, 0)
         _require_int("max_problems", self.max_problems, 1, optional=True)
         _require_int("prompt_budget", self.prompt_budget, 1, optional=True)
+        if self.answer_kind not in ANSWER_KINDS:
+            raise ValueError(f"answer_kind must be one of {ANSWER_KINDS}, got {self.answer_kind!r}")
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature < 0:
             raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
 
@@ -58,5 +63,6 @@ class EvalConfig:
 
     def settings(self) -> dict:
         """The settings that make two evaluations comparable (recorded in the report)."""
-        names = ("data", "n", "temperature", "max_new_tokens", "seed", "max_problems", "force_answer", "prompt_budget")
+        names = ("data", "n", "temperature", "max_new_tokens", "seed", "max_problems", "force_answer", "prompt_budget",
+                 "answer_kind")
         return {name: getattr(self, name) for name in names}

@@ -33,7 +33,7 @@ def _short_label(spec: str) -> str:
 
 
 def load_datasets(specs: list[str], *, max_problems: int | None = None, seed: int = 0,
-                  question_field: str = "question", answer_field: str = "answer") -> dict[str, list[Problem]]:
+                  question_field: str | None = None, answer_field: str | None = None) -> dict[str, list[Problem]]:
     """``{label: problems}`` for every spec (see :func:`effreason.data.load_dataset`)."""
     return {
         label: load_dataset(spec, limit=max_problems, seed=seed, question_field=question_field, answer_field=answer_field)
@@ -41,11 +41,11 @@ def load_datasets(specs: list[str], *, max_problems: int | None = None, seed: in
     }
 
 
-def grade_responses(problems: list[Problem], responses: list[list[Response]]) -> list[SampleResult]:
-    """One :class:`SampleResult` per response, correctness from the problem's own scorer."""
+def grade_responses(problems: list[Problem], responses: list[list[Response]], answer_kind: str) -> list[SampleResult]:
+    """One :class:`SampleResult` per response, correctness from :func:`effreason.data.score_response`."""
     return [
         SampleResult(problem.uid, problem.difficulty, index, response.num_tokens, response.finish_reason,
-                     score_response(response.text, problem))
+                     score_response(response.text, problem, answer_kind))
         for problem, row in zip(problems, responses)
         for index, response in enumerate(row)
     ]
@@ -64,7 +64,8 @@ def evaluate_model(model_path: str, datasets: dict[str, list[Problem]], config: 
                                        force_answer=config.force_answer,
                                        context_length=getattr(model.config, "max_position_embeddings", None),
                                        progress=config.progress)
-        metrics[label] = dataset_metrics(grade_responses(problems, responses), prompt_budget=config.prompt_budget)
+        metrics[label] = dataset_metrics(grade_responses(problems, responses, config.answer_kind),
+                                         prompt_budget=config.prompt_budget)
     return build_report(str(folder), config.settings(), metrics)
 
 

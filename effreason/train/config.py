@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from effreason.advantages import ADVANTAGE_ESTIMATORS
+from effreason.data import SPEC_HELP
+from effreason.data.scoring import DEFAULT_ANSWER_KIND
+from effreason.grading import ANSWER_KINDS
 from effreason.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS
 
 REWARDS = ("paper", "kimi", "dapo-overlong", "l1-exact", "l1-max")
@@ -34,9 +37,9 @@ class TrainConfig:
 
     preset: str | None = _option(None, "start from a named preset (paper-1.5b, paper-7b) before applying other flags", choices=None)
     model: str | None = _option(None, "HF checkpoint folder (Qwen2/Llama); default: the built-in warm start")
-    data: str | None = _option(None, "training problems, .jsonl or .parquet with question/answer; default: the toy task")
-    eval_data: str | None = _option(None, "held-out problems for the before/after evaluation; default: toy test split, or the last --eval-problems rows of --data")
-    answer_kind: str = _option("auto", "how answers are extracted from responses for --data grading", choices=("auto", "boxed", "gsm8k", "number"))
+    data: str | None = _option(None, f"training problems: {SPEC_HELP}; default: toy")
+    eval_data: str | None = _option(None, "held-out problems for the before/after evaluation, a dataset spec as --data; default: the test split of a generated --data, or the last --eval-problems rows of a file")
+    answer_kind: str = _option(DEFAULT_ANSWER_KIND, "how answers are extracted from responses of --data files (the same grading as python -m effreason.eval)", choices=ANSWER_KINDS)
     out: str | None = _option(None, "run folder; default runs/train-<timestamp>")
     resume: str | None = _option(None, "resume the run in this folder from its last checkpoint (its saved config is used)")
     seed: int = _option(0, "seed of data order, sampling and initialisation; fixed seed + CPU = deterministic")

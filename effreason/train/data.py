@@ -1,9 +1,11 @@
-"""Problems to train and evaluate on: the built-in toy task or the user's own jsonl/parquet file.
+"""The training run's problems: a seeded stream of training prompts and a held-out evaluation set.
 
-A data row needs a question (``question``, ``problem`` or ``prompt``) and a reference answer
-(``answer``, ``solution`` or ``final_answer``; a GSM8K answer ending ``#### x`` gives ``x``);
-``level``/``difficulty`` is kept for per-difficulty breakdowns. A bad row is an error naming
-the file and line (the row number, 1-based, for parquet).
+Both come from the one data layer (:func:`effreason.data.load_dataset`, the specs ``python -m
+effreason.eval`` reads: ``toy``, ``gsm8k:PATH``, ``math500:PATH``, ``aime:PATH``, ``jsonl:PATH`` or a
+bare ``.jsonl``/``.parquet`` path, ``gym:TASK``) and are graded by its one scorer
+(:func:`effreason.data.score_response`). Generated datasets (``toy``, ``gym:``) give a training pool
+from their train split and the evaluation from their test split; a file is split, its last rows
+held out, unless ``--eval-data`` names the evaluation set.
 
 ``ProblemStream`` serves the training prompts in a seeded order that depends only on the
 position, so a resumed run continues exactly where it stopped.
@@ -11,69 +13,19 @@ position, so a resumed run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from effreason.data.records import read_records
+from effreason.data import load_dataset, parse_spec, score_response
 from effreason.tasks.problem import Problem
 
-QUESTION_KEYS = ("question", "problem", "prompt")
-ANSWER_KEYS = ("answer", "solution", "final_answer")
-DIFFICULTY_KEYS = ("difficulty", "level")
-TOY_TRAIN_POOL = 4096
-"""Training problems drawn from the toy task; the stream cycles through them in seeded order."""
-
-
-def load_problems(path: str | Path) -> list[Problem]:
-    """Problems of a ``.jsonl`` or ``.parquet`` file; ``ValueError`` naming the file and line on a bad row."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"data file not found: {path}")
-    return [_problem_from_row(row, f"{path} line {line}") for line, row in read_records(path)]
-
-
-def _first_present(row: dict, keys: tuple[str, ...]):
-    return next((row[key] for key in keys if row.get(key) is not None), None)
-
-
-def _problem_from_row(row: dict, where: str) -> Problem:
-    question = _first_present(row, QUESTION_KEYS)
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"{where}: missing question (one of the fields {', '.join(QUESTION_KEYS)})")
-    answer = _first_present(row, ANSWER_KEYS)
-    if answer is None:
-        raise ValueError(f"{where}: missing answer (one of the fields {', '.join(ANSWER_KEYS)})")
-    parsed = parse_reference_answer(answer)
-    if parsed is None:
-        raise ValueError(f"{where}: unparsable answer {answer!r}")
-    difficulty = _first_present(row, DIFFICULTY_KEYS)
-    return Problem(question=question, answer=parsed, difficulty=_as_level(difficulty), source="data", uid=where)
-
-
-def parse_reference_answer(answer) -> str | None:
-    """The reference answer as a non-empty string: numbers as written, GSM8K's ``... #### x`` as ``x``,
-    a ``\\boxed{x}`` as ``x``; ``None`` when nothing usable remains."""
-    from effreason.grading import extract_answer, normalise_answer
-
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-        return None
-    text = str(answer)
-    if "####" in text:
-        text = extract_answer(text, "gsm8k") or ""
-    elif "\\boxed" in text:
-        text = extract_answer(text, "boxed") or ""
-    return text.strip() if normalise_answer(text) else None
-
-
-def _as_level(value) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    digits = "".join(ch for ch in str(value) if ch.isdigit()) if value is not None else ""
-    return int(digits) if digits else None
+DEFAULT_DATA = "toy"
+GENERATED_TRAIN_POOL = 4096
+"""Training problems drawn from a generated dataset (toy, gym:); the stream cycles through them in seeded order."""
+GENERATED_DATASETS = ("toy", "gym")
 
 
 class ProblemStream:
@@ -110,28 +62,24 @@ class TaskSetup:
 
 
 def build_task(config) -> TaskSetup:
-    """The toy task (default) or ``config.data`` graded with ``effreason.grading``."""
-    if config.data is None:
-        from effreason.tasks.toy import ToyTask
-
-        task = ToyTask()
-        train = task.problems(TOY_TRAIN_POOL, split="train", seed=config.seed)
-        evaluation = [] if config.eval_data else task.problems(config.eval_problems, split="test", seed=0)
-        setup = TaskSetup(ProblemStream(train, config.seed), evaluation, task.is_correct, "toy")
+    """The training stream and held-out problems of ``config.data`` (default ``toy``), graded by
+    :func:`effreason.data.score_response` with ``config.answer_kind``."""
+    spec = config.data or DEFAULT_DATA
+    name, argument = parse_spec(spec)
+    if name in GENERATED_DATASETS:
+        train = load_dataset(spec, split="train", seed=config.seed, limit=GENERATED_TRAIN_POOL)
+        evaluation = _held_out(spec, config) if config.eval_problems and not config.eval_data else []
     else:
-        problems = load_problems(config.data)
+        problems = load_dataset(spec)
         held_out = 0 if config.eval_data else min(config.eval_problems, len(problems) // 2)
         train, evaluation = problems[: len(problems) - held_out], problems[len(problems) - held_out:]
-        setup = TaskSetup(ProblemStream(train, config.seed), evaluation, _file_grader(config.answer_kind), Path(config.data).name)
-    if config.eval_data:
-        setup.evaluation = load_problems(config.eval_data)[: config.eval_problems]
-    return setup
+    if config.eval_data and config.eval_problems:
+        evaluation = _held_out(config.eval_data, config)
+    is_correct = functools.partial(score_response, answer_kind=config.answer_kind)
+    label = spec if name in GENERATED_DATASETS else Path(argument).name
+    return TaskSetup(ProblemStream(train, config.seed), evaluation, is_correct, label)
 
 
-def _file_grader(kind: str) -> Callable[[str, Problem], bool]:
-    from effreason.grading import grade
-
-    def is_correct(response_text: str, problem: Problem) -> bool:
-        return grade(response_text, problem.answer, kind)
-
-    return is_correct
+def _held_out(spec: str, config) -> list[Problem]:
+    """At most ``config.eval_problems`` problems of ``spec``'s test split (generated) or file."""
+    return load_dataset(spec, split="test", seed=0, limit=config.eval_problems)

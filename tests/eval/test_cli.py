@@ -74,7 +74,7 @@ def without_tokenizer(tiny_model_dir, tmp_path) -> Path:
         (lambda model, tmp: ["--model", tmp / "absent", "--data", "toy"], "model folder not found"),
         (lambda model, tmp: ["--model", tmp, "--data", "toy"], "holds no Hugging Face checkpoint"),
         (lambda model, tmp: ["--model", without_tokenizer(model, tmp), "--data", "toy"], "has no tokenizer"),
-        (lambda model, tmp: ["--model", model, "--data", f"jsonl:{FIXTURES / 'custom.jsonl'}"], "custom.jsonl line 1: missing field 'question'"),
+        (lambda model, tmp: ["--model", model, "--data", f"jsonl:{FIXTURES / 'custom.jsonl'}"], "custom.jsonl line 1: missing field 'answer' or 'solution' or 'final_answer'"),
         (lambda model, tmp: ["--model", model, "--n", 0], "n must be an int >= 1"),
     ],
 )

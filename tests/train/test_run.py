@@ -196,3 +196,10 @@ def test_torchrun_two_processes_keep_identical_weights(tiny_model_dir, toy_data_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True
     assert summary["before"]["num_problems"] == 4
+
+
+def test_trains_on_a_gsm8k_spec(tiny_model_dir, tmp_path):
+    fixture = REPO / "effreason" / "data" / "fixtures" / "gsm8k.jsonl"
+    out = tmp_path / "run"
+    assert main(tiny_run_flags(tiny_model_dir, f"gsm8k:{fixture}", out, steps=1, eval_problems=1)) == 0
+    assert json.loads((out / "summary.json").read_text())["before"]["num_problems"] == 1
