@@ -43,15 +43,20 @@ def _require_tokenizer(folder: Path) -> None:
         raise ValueError(f"model folder {folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
 
 
-def pick_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+def pick_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``, which must exist."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device} requested but torch sees no CUDA device")
+    return resolved
 
 
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """``"auto"`` -> bfloat16 on CUDA (the paper's precision), float32 on CPU; else the named dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
@@ -59,10 +64,19 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_checkpoint(path: str | Path, *, device: str = "auto", dtype: str = "auto"):
-    """``(model, tokenizer, folder)``: the causal LM in eval mode on ``device`` and its tokenizer."""
+def load_checkpoint(path: str | Path | None = None, *, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
+    """``(model, tokenizer, folder)``: the causal LM in eval mode on ``device`` and its tokenizer, exactly as
+    saved; the one loader of training, evaluation, the sweep and the baselines.
+
+    ``path``: a checkpoint folder or a training run folder (:func:`resolve_model_dir`), or None for
+    the built-in warm start. ``device``/``dtype``: as :func:`pick_device` / :func:`pick_dtype`.
+    """
     from transformers import AutoModelForCausalLM
 
+    if path is None:
+        from effreason.warmstart import warmstart_dir
+
+        path = warmstart_dir()
     folder = resolve_model_dir(path)
     torch_device = pick_device(device)
     tokenizer = load_tokenizer(folder)
@@ -95,11 +109,15 @@ def load_tokenizer(folder: Path):
 
 
 def stop_token_ids(model, tokenizer) -> tuple[int, ...]:
-    """EOS ids of the tokenizer and the model's generation config (Qwen lists several)."""
-    ids = {tokenizer.eos_token_id}
+    """EOS ids of the tokenizer, then those of the model's generation config (Qwen lists several), each once."""
     generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(generation_eos if isinstance(generation_eos, (list, tuple)) else [generation_eos])
-    ids.discard(None)
+    configured = generation_eos if isinstance(generation_eos, (list, tuple)) else [generation_eos]
+    ids = tuple(dict.fromkeys(int(i) for i in [tokenizer.eos_token_id, *configured] if i is not None))
     if not ids:
         raise ValueError("model and tokenizer define no EOS token: cannot tell where a response ends")
-    return tuple(sorted(ids))
+    return ids
+
+
+def pad_token_id(tokenizer, stop_ids: tuple[int, ...]) -> int:
+    """The tokenizer's pad token, else the first stop token (padding is masked out either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]

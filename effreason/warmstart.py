@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-from effreason.models import load_tokenizer
 from effreason.tasks.prompting import build_prompt, encode_prompt
 from effreason.tasks.toy import ToyTask
 
@@ -339,20 +338,6 @@ def warmstart_dir() -> Path:
         print(f"effreason: no shipped warm start; building it into {CACHE_DIR} (about 25 min on a 2-core CPU)", file=sys.stderr)
         build_warmstart(WarmstartConfig(), CACHE_DIR, log=lambda line: print(line, file=sys.stderr))
     return CACHE_DIR
-
-
-def load_warmstart(path=None, *, device="cpu", dtype=torch.float32):
-    """(model, tokenizer) of the warm start at ``path`` (default :func:`warmstart_dir`), model in
-    eval mode on ``device`` in ``dtype``. Also loads any checkpoint trained from it."""
-    from transformers import Qwen2ForCausalLM
-
-    folder = Path(path) if path is not None else warmstart_dir()
-    if not (folder / "config.json").exists():
-        raise ValueError(f"path has no HF checkpoint (config.json missing): {folder}")
-    tokenizer = load_tokenizer(folder)
-    model = Qwen2ForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
-    model.eval()
-    return model, tokenizer
 
 
 def parse_args(argv=None) -> tuple[WarmstartConfig, Path]:

@@ -10,7 +10,8 @@ import torch
 
 from effreason.tasks.prompting import PAPER_PROMPT, build_prompt, encode_prompt
 from effreason.tasks.toy import ToyTask
-from effreason.warmstart import SHIPPED_DIR, greedy_responses, load_warmstart, recheck_token_count
+from effreason.models import load_checkpoint
+from effreason.warmstart import SHIPPED_DIR, greedy_responses, recheck_token_count
 
 shipped = pytest.mark.skipif(not (SHIPPED_DIR / "model.safetensors").exists(), reason="no shipped warm start")
 
@@ -22,7 +23,7 @@ def task():
 
 @pytest.fixture(scope="module")
 def warmstart():
-    return load_warmstart(SHIPPED_DIR)
+    return load_checkpoint(SHIPPED_DIR, device="cpu", dtype="float32")[:2]
 
 
 @shipped
@@ -98,5 +99,5 @@ def test_rebuild_smoke(tmp_path):
         assert (out / name).exists()
     report = json.loads((out / "warmstart_report.json").read_text())
     assert report["config"]["steps"] == 2 and report["eval"]["overall"]["problems"] == 7
-    model, tokenizer = load_warmstart(out)
+    model, tokenizer, _ = load_checkpoint(out, device="cpu", dtype="float32")
     assert model.config.vocab_size == len(tokenizer)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from effreason.models import load_checkpoint, stop_token_ids
+from effreason.models import load_checkpoint, pad_token_id, stop_token_ids
 from effreason.losses import segment_sum
 from effreason.tasks.prompting import encode_prompt
 from effreason.train.config import TrainConfig
@@ -227,13 +227,11 @@ class Session:
 
 def open_session(config: TrainConfig) -> Session:
     """Seed, load the starting model (``config.model``, default the built-in warm start) and the task."""
-    from effreason.warmstart import warmstart_dir
-
     seed_everything(config.seed)
-    model, tokenizer, _ = load_checkpoint(config.model or warmstart_dir(), device=config.device, dtype=config.dtype)
+    model, tokenizer, _ = load_checkpoint(config.model, device=config.device, dtype=config.dtype)
     model.train()
     stops = stop_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    pad = pad_token_id(tokenizer, stops)
     engine = RolloutEngine(model, pad_token_id=pad, max_batch_prompts=config.eval_batch_size, backend=config.rollout_backend)
     run_dir = Path(config.out) if config.out else default_run_dir()
     return Session(config, run_dir, model, tokenizer, build_task(config), engine, stops, pad, next(model.parameters()).device)

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         if method == "dpo":
             given.setdefault("lr", DPO_DEFAULT_LR)
         run_method(method, resolve_config(given), dpo_beta=dpo_beta, baseline_epochs=baseline_epochs)
-    except (ValueError, TrainingAborted) as error:
+    except (ValueError, FileNotFoundError, TrainingAborted) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from effreason.models import load_tokenizer
+from effreason.models import load_checkpoint, pad_token_id, pick_device, pick_dtype, stop_token_ids
 from effreason.tasks.prompting import encode_prompt
 from effreason.train import checkpoint as checkpoints
 from effreason.train import distributed
@@ -52,47 +52,11 @@ def run(config: TrainConfig) -> Path:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-    device = resolve_device(config.device)
-    context = distributed.setup(device)
+    context = distributed.setup(pick_device(config.device))
     try:
         return Trainer(config, context).run()
     finally:
         distributed.teardown(context)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: cuda requested but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bfloat16 on CUDA (the paper's precision), float32 on CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
-def load_policy(path: str | None, *, device, dtype):
-    """(model, tokenizer) from an HF folder, or the built-in warm start when ``path`` is None."""
-    if path is None:
-        from effreason.warmstart import load_warmstart
-
-        return load_warmstart(device=device, dtype=dtype)
-    from transformers import AutoModelForCausalLM
-
-    folder = Path(path)
-    if not (folder / "config.json").exists():
-        raise ValueError(f"model: {folder} is not a Hugging Face checkpoint folder (no config.json)")
-    try:
-        tokenizer = load_tokenizer(folder)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"model: {folder} has no usable tokenizer ({error})") from None
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
-    return model, tokenizer
 
 
 def seed_everything(seed: int) -> None:
@@ -109,7 +73,7 @@ class Trainer:
         self.config = config
         self.context = context
         self.device = context.device
-        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.dtype = pick_dtype(config.dtype, self.device)
         self.run_dir = Path(config.out) if config.out else default_run_dir()
         if config.out is None and context.enabled:
             raise ValueError("out: pass --out RUN_DIR under torchrun so every rank writes the same run folder")
@@ -141,13 +105,12 @@ class Trainer:
 
     def _build(self, resume_from: Path | None) -> None:
         config = self.config
-        self.model, self.tokenizer = load_policy(str(resume_from) if resume_from else config.model, device=self.device, dtype=self.dtype)
+        self.model, self.tokenizer, _ = load_checkpoint(resume_from or config.model, device=self.device, dtype=self.dtype)
         self.model.train()
         _set_cpu_threads(self.model, config.cpu_threads)
         self.task = build_task(config)
-        self.stop_token_ids = _stop_token_ids(self.model, self.tokenizer)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_token_ids[0]
-        self.pad_token_id = pad
+        self.stop_token_ids = stop_token_ids(self.model, self.tokenizer)
+        self.pad_token_id = pad = pad_token_id(self.tokenizer, self.stop_token_ids)
         self.engine = RolloutEngine(self.model, pad_token_id=pad, max_batch_prompts=config.eval_batch_size,
                                     backend=config.rollout_backend)
         paper_objective = config.reward == "paper" and config.advantage == "rloo" and config.tis_cap == 0
@@ -180,8 +143,8 @@ class Trainer:
         return getattr(self.policy, "module", self.policy)
 
     def _reference_model(self):
-        reference, _ = load_policy(self.config.model, device=self.device, dtype=self.dtype)
-        reference.eval().requires_grad_(False)
+        reference, _, _ = load_checkpoint(self.config.model, device=self.device, dtype=self.dtype)
+        reference.requires_grad_(False)
         return reference
 
     def _controller(self) -> AlphaController | None:
@@ -432,14 +395,3 @@ def _set_cpu_threads(model, threads: int) -> None:
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Sampling seed of one rank's rollout at ``step``: independent of resumption and batching."""
     return (seed * 1_000_003 + step * 1_009 + rank) % (2**31 - 1)
-
-
-def _stop_token_ids(model, tokenizer) -> tuple[int, ...]:
-    """EOS of the tokenizer plus the generation config's EOS ids."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += configured if isinstance(configured, list) else [configured] if configured is not None else []
-    unique = tuple(dict.fromkeys(int(i) for i in ids))
-    if not unique:
-        raise ValueError("model: neither the tokenizer nor the generation config defines an EOS token")
-    return unique

@@ -82,7 +82,7 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_folder(tiny_model_dir,
 def test_a_bad_start_from_the_cli_leaves_no_folder(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["--model", str(tmp_path / "nowhere"), "--out", str(out), "--steps", "1"]) == 1
-    assert "no config.json" in capsys.readouterr().err
+    assert "model folder not found" in capsys.readouterr().err
     assert not out.exists()
 
 
