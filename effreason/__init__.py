@@ -9,11 +9,12 @@ Parts, one module or folder each:
 * ``effreason.sampler``     the paged-KV sampler (k completions per prompt on the trainer's own weights).
 * ``effreason.tasks``       the built-in miniature task and the paper's prompt; ``effreason.warmstart``
                             its shipped "verbose reasoner" (``python -m effreason.warmstart`` rebuilds it).
-* ``effreason.train``       ``python -m effreason.train``: the paper's RLOO with the length-penalised reward.
-* ``effreason.baselines``   rejection-sampling SFT and DPO (``python -m effreason.train --method ...``).
-* ``effreason.grading``     answer extraction and math-verify grading; ``effreason.data`` dataset loaders.
+* ``effreason.train``       ``python -m effreason.train``: the one training loop; its methods (``effreason.train.methods``)
+                            are the paper's RL with the length-penalised reward, rejection-sampling SFT and DPO.
+* ``effreason.grading``     answer extraction and math-verify grading; ``effreason.data`` the one data layer
+                            (dataset specs and ``score_response``) of training, evaluation and the sweep.
 * ``effreason.eval``        ``python -m effreason.eval``; ``effreason.sweep``: ``python -m effreason.sweep``.
-* ``effreason.models``      loading Hugging Face checkpoints and run folders.
+* ``effreason.models``      the one loader of Hugging Face checkpoints and run folders, EOS ids.
 
 ``effreason.backends()`` says which optional backends (native extension, CUDA, Triton) were found.
 """

@@ -18,9 +18,13 @@ from effreason.advantages import ADVANTAGE_ESTIMATORS
 from effreason.data import SPEC_HELP
 from effreason.data.scoring import DEFAULT_ANSWER_KIND
 from effreason.grading import ANSWER_KINDS
+from effreason.train.methods import METHODS
 from effreason.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS
 
 REWARDS = ("paper", "kimi", "dapo-overlong", "l1-exact", "l1-max")
+METHOD_NAMES = tuple(METHODS)
+DPO_DEFAULT_LR = 3e-5
+"""DPO's learning rate when ``--lr`` is not given: the RL default (1e-4) collapses DPO's accuracy on the miniature."""
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ROLLOUT_BACKENDS = ("auto", "sampler", "hf")
@@ -40,6 +44,7 @@ class TrainConfig:
     data: str | None = _option(None, f"training problems: {SPEC_HELP}; default: toy")
     eval_data: str | None = _option(None, "held-out problems for the before/after evaluation, a dataset spec as --data; default: the test split of a generated --data, or the last --eval-problems rows of a file")
     answer_kind: str = _option(DEFAULT_ANSWER_KIND, "how answers are extracted from responses of --data files (the same grading as python -m effreason.eval)", choices=ANSWER_KINDS)
+    method: str = _option("rl", "rl: the paper's length-penalised RL (and the other rewards); rs-sft: rejection-sampling SFT on the shortest correct of k samples; dpo: DPO, shortest correct chosen over longest correct", choices=METHOD_NAMES)
     out: str | None = _option(None, "run folder; default runs/train-<timestamp>")
     resume: str | None = _option(None, "resume the run in this folder from its last checkpoint (its saved config is used)")
     seed: int = _option(0, "seed of data order, sampling and initialisation; fixed seed + CPU = deterministic")
@@ -49,6 +54,9 @@ class TrainConfig:
     advantage: str = _option("rloo", "advantage estimator", choices=tuple(ADVANTAGE_ESTIMATORS))
     target_token_ratio: float | None = _option(None, "adjust alpha online so the mean response length approaches this fraction of the warm start's (e.g. 0.6)")
     length_budget: int | None = _option(None, "token budget of l1-exact/l1-max (n_gold) and dapo-overlong (L_max); default --max-new-tokens")
+
+    dpo_beta: float = _option(0.1, "dpo: beta of the DPO loss (Rafailov et al. 2023)")
+    baseline_epochs: int = _option(1, "rs-sft, dpo: passes over each step's selected samples")
 
     group_size: int = _option(8, "samples per prompt (k)")
     prompts_per_step: int = _option(16, "prompts per rollout step (all ranks together)")
@@ -89,7 +97,8 @@ class TrainConfig:
     def __post_init__(self):
         _require_in_unit("alpha", self.alpha)
         for name in ("group_size", "prompts_per_step", "mini_batches", "steps", "max_new_tokens", "max_prompt_tokens",
-                     "micro_batch_tokens", "eval_max_new_tokens", "eval_batch_size", "checkpoint_every", "max_bad_steps"):
+                     "micro_batch_tokens", "eval_max_new_tokens", "eval_batch_size", "checkpoint_every", "max_bad_steps",
+                     "baseline_epochs"):
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("eval_problems", self.eval_problems, minimum=0)
         _require_int("cpu_threads", self.cpu_threads, minimum=0)
@@ -98,7 +107,7 @@ class TrainConfig:
             raise ValueError(f"group_size must be >= 2 for the {self.advantage} advantage, got {self.group_size}")
         if self.prompts_per_step % self.mini_batches:
             raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be divisible by mini_batches ({self.mini_batches})")
-        for name in ("lr", "temperature"):
+        for name in ("lr", "temperature", "dpo_beta"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         _require_in_unit("warmup_ratio", self.warmup_ratio)
@@ -119,7 +128,7 @@ class TrainConfig:
             raise ValueError("target_token_ratio controls the paper reward's alpha: use it with --reward paper")
         if self.length_budget is not None:
             _require_int("length_budget", self.length_budget, minimum=1)
-        for name in ("reward", "advantage", "loss_agg", "kl_estimator", "device", "dtype", "answer_kind", "rollout_backend"):
+        for name in ("method", "reward", "advantage", "loss_agg", "kl_estimator", "device", "dtype", "answer_kind", "rollout_backend"):
             choices = _field_choices(name)
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
@@ -259,5 +268,7 @@ def resolve_config(given: dict) -> TrainConfig:
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
     base = dict(PRESETS[preset]) if preset else {}
+    if given.get("method") == "dpo":
+        base.setdefault("lr", DPO_DEFAULT_LR)
     base.update(given)
     return TrainConfig(**base)

@@ -37,14 +37,22 @@ class DistributedContext:
         share = len(items) // self.world_size
         return items[self.rank * share:(self.rank + 1) * share]
 
-    def mean(self, values: dict[str, float]) -> dict[str, float]:
-        """Average of each value over ranks."""
+    def mean(self, values: dict[str, float | None]) -> dict[str, float | None]:
+        """Average of each value over ranks (None, a statistic no rank has, stays None)."""
         if not self.enabled or not values:
             return values
-        names = sorted(values)
+        names = sorted(name for name, value in values.items() if value is not None)
         tensor = torch.tensor([float(values[name]) for name in names], dtype=torch.float64, device=self._collective_device)
         dist.all_reduce(tensor)
-        return {name: float(v) / self.world_size for name, v in zip(names, tensor.tolist())}
+        return {**values, **{name: float(v) / self.world_size for name, v in zip(names, tensor.tolist())}}
+
+    def gather(self, items: list) -> list:
+        """Every rank's ``items``, concatenated in rank order (the same list on every rank)."""
+        if not self.enabled:
+            return items
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, items)
+        return [item for part in gathered for item in part]
 
     def all_finite(self, finite: bool) -> bool:
         """True only when every rank saw a finite loss and gradient."""

@@ -33,12 +33,10 @@ from effreason.train.alpha_control import AlphaController
 from effreason.train.config import TrainConfig
 from effreason.train.data import build_task
 from effreason.train.evaluate import evaluate_policy, format_table, summarise
-from effreason.train.packing import build_micro_batch, plan_micro_batches
+from effreason.train.methods import METHODS
 from effreason.train.plots import plot_accuracy_vs_tokens, plot_training_curves
 from effreason.train.run_folder import cleanup_if_no_step, default_run_dir
-from effreason.train.rollout import RolloutEngine, SamplingParams
-from effreason.train.scoring import rewards_and_advantages, truncated_importance_weights
-from effreason.train.step import PolicyLoss, train_on_rollout
+from effreason.train.rollout import Rollout, RolloutEngine, SamplingParams
 
 logger = logging.getLogger("effreason.train")
 
@@ -113,18 +111,8 @@ class Trainer:
         self.pad_token_id = pad = pad_token_id(self.tokenizer, self.stop_token_ids)
         self.engine = RolloutEngine(self.model, pad_token_id=pad, max_batch_prompts=config.eval_batch_size,
                                     backend=config.rollout_backend)
-        paper_objective = config.reward == "paper" and config.advantage == "rloo" and config.tis_cap == 0
-        loss_options = dict(
-            kl_coef=config.kl_coef, kl_estimator=config.kl_estimator, kl_in_reward=config.kl_in_reward,
-            clip_eps=config.clip_eps, loss_agg=config.loss_agg,
-            norm_length=float(config.max_new_tokens) if config.loss_agg == "seq-mean-token-sum-norm" else None,
-        )
-        self.policy = distributed.wrap_policy(
-            PolicyLoss(self.model, group_size=config.group_size, paper_objective=paper_objective,
-                       loss_options=loss_options, temperature=config.temperature),
-            self.context,
-        )
-        self.reference = self._reference_model() if config.kl_coef > 0 else None
+        self.method = METHODS[config.method](self)
+        self.trainable = distributed.wrap_policy(self.method.module, self.context)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
             betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay,
@@ -135,17 +123,13 @@ class Trainer:
         if resume_from is not None:
             self._restore(resume_from)
         self.controller = self._controller()
-        self.log(f"effreason.train: {self.task.name} task, rollouts via {self.engine.backend}, loss via fused ops, "
-                 f"{self.context.world_size} process(es) on {self.device}, run folder {self.run_dir}")
+        self.log(f"effreason.train: {config.method} on the {self.task.name} task, rollouts via {self.engine.backend}, "
+                 f"loss via fused ops, {self.context.world_size} process(es) on {self.device}, run folder {self.run_dir}")
 
-    @property
-    def policy_module(self) -> PolicyLoss:
-        return getattr(self.policy, "module", self.policy)
-
-    def _reference_model(self):
+    def load_reference(self):
+        """A frozen copy of the starting model (``--model``, not a resumed checkpoint): KL and DPO's reference."""
         reference, _, _ = load_checkpoint(self.config.model, device=self.device, dtype=self.dtype)
-        reference.requires_grad_(False)
-        return reference
+        return reference.requires_grad_(False)
 
     def _controller(self) -> AlphaController | None:
         if self.config.target_token_ratio is None:
@@ -179,24 +163,17 @@ class Trainer:
             return json.loads(path.read_text())
         self.log(f"effreason.train: evaluating the {'starting' if which == 'before' else 'trained'} model on {len(self.task.evaluation)} held-out problems")
         problems = self.task.evaluation[self.context.rank::self.context.world_size]
-        with distributed.gathered_for_sampling(self.policy, self.context):
+        with distributed.gathered_for_sampling(self.trainable, self.context):
             rows = evaluate_policy(
                 self.engine, self.tokenizer, problems, self.task.is_correct,
                 max_new_tokens=self.config.eval_max_new_tokens, temperature=self.config.eval_temperature,
                 stop_token_ids=self.stop_token_ids, seed=self.config.seed,
             )
-        summary = summarise(self._gather_rows(rows))
+        summary = summarise(self.context.gather(rows))
         if self.context.is_main:
             path.write_text(json.dumps(summary, indent=2))
         self.context.barrier()
         return summary
-
-    def _gather_rows(self, rows: list[dict]) -> list[dict]:
-        if not self.context.enabled:
-            return rows
-        gathered = [None] * self.context.world_size
-        torch.distributed.all_gather_object(gathered, rows)
-        return [row for part in gathered for row in part]
 
     # ------------------------------------------------------------------ training
 
@@ -227,31 +204,23 @@ class Trainer:
         params = SamplingParams(n=config.group_size, temperature=config.temperature, top_p=config.top_p,
                                 max_tokens=config.max_new_tokens, stop_token_ids=self.stop_token_ids,
                                 seed=step_seed(config.seed, state["step"], self.context.rank))
-        with distributed.gathered_for_sampling(self.policy, self.context):
+        with distributed.gathered_for_sampling(self.trainable, self.context):
             groups = self.engine.generate(prompts, params)
         rollout_s = time.perf_counter() - started
-        rollout = self._score(local, prompts, groups)
+        rollout = self._graded(local, prompts, groups)
         started = time.perf_counter()
-        result = train_on_rollout(
-            self.policy, self.optimizer, self.scheduler, self._mini_batches(rollout),
-            alpha=state["alpha"], loss_agg=config.loss_agg, grad_clip=config.grad_clip,
-            ref_model=self.reference, temperature=config.temperature,
-            all_finite=self.context.all_finite, device=self.device,
-        )
+        update = self.method.update(rollout, state["alpha"])
         update_s = time.perf_counter() - started
         metrics = self.context.mean({
-            "reward_mean": float(rollout["rewards"].mean()),
-            "accuracy": float(rollout["correct"].float().mean()),
-            "mean_tokens": float(rollout["lengths"].float().mean()),
-            "truncation_rate": rollout["truncated"],
-            "loss": result.loss, "grad_norm": result.grad_norm, "clip_fraction": result.clip_fraction,
-            "kl_mean": result.kl_mean, "entropy_mean": result.entropy_mean,
-            "rollout_s": rollout_s, "update_s": update_s,
-            "rollout_tokens_per_s": float(rollout["lengths"].sum()) / max(rollout_s, 1e-9),
+            "accuracy": float(rollout.correct.float().mean()),
+            "mean_tokens": float(rollout.lengths.float().mean()),
+            "truncation_rate": float(rollout.truncated.float().mean()),
+            **update, "rollout_s": rollout_s, "update_s": update_s,
+            "rollout_tokens_per_s": float(rollout.lengths.sum()) / max(rollout_s, 1e-9),
         })
         metrics["rollout_tokens_per_s"] *= self.context.world_size
-        metrics.update(step=state["step"] + 1, alpha=state["alpha"], lr=self.scheduler.get_last_lr()[0], skipped=result.skipped)
-        self._after_update(result, metrics)
+        metrics.update(step=state["step"] + 1, alpha=state["alpha"], lr=self.scheduler.get_last_lr()[0])
+        self._after_update(update, metrics)
         return metrics
 
     def _encode(self, question: str) -> list[int]:
@@ -260,61 +229,35 @@ class Trainer:
             raise ValueError(f"max_prompt_tokens: a prompt has {len(ids)} tokens (> {self.config.max_prompt_tokens}): {question[:80]!r}")
         return ids
 
-    def _score(self, problems, prompts, groups) -> dict:
-        """Flatten the groups, grade them and compute rewards/advantages."""
-        responses, trainer_logprobs, sampler_logprobs, correct, truncated = [], [], [], [], 0
-        for problem, group in zip(problems, groups):
-            for completion in group:
-                text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
-                finished = completion.finish_reason == "stop"
-                correct.append(finished and bool(self.task.is_correct(text, problem)))
-                truncated += not finished
-                responses.append(completion.token_ids)
-                trainer_logprobs.append(completion.trainer_logprobs)
-                sampler_logprobs.append(completion.logprobs)
-        correct = torch.tensor(correct, dtype=torch.bool)
-        lengths = torch.tensor([len(r) for r in responses], dtype=torch.int64)
-        rewards, advantages = rewards_and_advantages(correct, lengths, self.config, self.state["alpha"])
-        if self.config.tis_cap:
-            advantages = advantages * truncated_importance_weights(trainer_logprobs, sampler_logprobs, self.config.tis_cap)
-        return {
-            "prompts": [p for p in prompts for _ in range(self.config.group_size)],
-            "responses": responses, "old_logprobs": trainer_logprobs, "correct": correct, "lengths": lengths,
-            "rewards": rewards, "advantages": advantages, "truncated": truncated / max(len(responses), 1),
-        }
+    def _graded(self, problems, prompts, groups) -> Rollout:
+        """The groups flattened and graded: correct means the right answer *and* a stop token (the paper's rule)."""
+        samples = [(problem, prompt, completion) for problem, prompt, group in zip(problems, prompts, groups) for completion in group]
+        finished = [completion.finish_reason == "stop" for _, _, completion in samples]
+        correct = [done and bool(self.task.is_correct(self.tokenizer.decode(completion.token_ids, skip_special_tokens=True), problem))
+                   for done, (problem, _, completion) in zip(finished, samples)]
+        return Rollout(
+            prompts=[prompt for _, prompt, _ in samples],
+            responses=[completion.token_ids for _, _, completion in samples],
+            trainer_logprobs=[completion.trainer_logprobs for _, _, completion in samples],
+            sampler_logprobs=[completion.logprobs for _, _, completion in samples],
+            correct=torch.tensor(correct, dtype=torch.bool),
+            lengths=torch.tensor([len(completion.token_ids) for _, _, completion in samples], dtype=torch.int64),
+            truncated=torch.tensor([not done for done in finished], dtype=torch.bool),
+            group_size=self.config.group_size,
+        )
 
-    def _mini_batches(self, rollout: dict) -> list[list]:
-        """The rollout split into ``mini_batches`` parts of whole groups, each packed into micro-batches."""
-        config = self.config
-        num_rows = len(rollout["responses"])
-        groups = num_rows // config.group_size
-        if groups % config.mini_batches:
-            raise ValueError(f"mini_batches: each rank's {groups} prompts must divide into {config.mini_batches} mini-batches")
-        rows_per_mini = num_rows // config.mini_batches
-        row_lengths = [len(p) + len(r) - 1 for p, r in zip(rollout["prompts"], rollout["responses"])]
-        mini_batches = []
-        for start in range(0, num_rows, rows_per_mini):
-            plans = plan_micro_batches(row_lengths[start:start + rows_per_mini], config.group_size, config.micro_batch_tokens)
-            mini_batches.append([
-                build_micro_batch(rollout["prompts"], rollout["responses"], rollout["old_logprobs"], rollout["correct"],
-                                  rollout["advantages"], slice(start + plan.start, start + plan.stop), self.pad_token_id,
-                                  config.group_size)
-                for plan in plans
-            ])
-        return mini_batches
-
-    def _after_update(self, result, metrics: dict) -> None:
+    def _after_update(self, update: dict, metrics: dict) -> None:
         state = self.state
         state["step"] += 1
         state["prompts_consumed"] += self.config.prompts_per_step
-        if result.skipped:
-            state["skipped_steps"] += result.skipped
-            state["consecutive_bad"] += result.skipped
+        if update["skipped"]:
+            state["skipped_steps"] += update["skipped"]
+            state["consecutive_bad"] += update["skipped"]
             logger.warning("step %d: non-finite loss or gradient, %d optimizer step(s) skipped (%d in a row)",
-                           state["step"], result.skipped, state["consecutive_bad"])
+                           state["step"], update["skipped"], state["consecutive_bad"])
             self.log(f"warning: step {state['step']}: non-finite loss or gradient; update skipped "
                      f"({state['consecutive_bad']} in a row, {state['skipped_steps']} in total)")
-        if result.optimizer_steps:
+        if update["optimizer_steps"]:
             state["consecutive_bad"] = 0
         if state["consecutive_bad"] >= self.config.max_bad_steps:
             self._save_checkpoint()
@@ -328,14 +271,16 @@ class Trainer:
             state["controller"] = self.controller.state_dict()
 
     def _report(self, metrics: dict, progress) -> None:
+        shown = {"reward": metrics.get("reward_mean"), "loss": metrics.get("loss"), "acc": metrics["accuracy"],
+                 "tokens": metrics["mean_tokens"], "alpha": metrics["alpha"] if self.config.method == "rl" else None}
+        shown = {name: value for name, value in shown.items() if value is not None}
         if progress is not None:
-            progress.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.2f}",
-                                 tokens=f"{metrics['mean_tokens']:.0f}", tok_s=f"{metrics['rollout_tokens_per_s']:.0f}",
-                                 alpha=f"{metrics['alpha']:.3f}", refresh=False)
+            progress.set_postfix(**{name: f"{value:.3f}" for name, value in shown.items()},
+                                 tok_s=f"{metrics['rollout_tokens_per_s']:.0f}", refresh=False)
             progress.update(1)
         elif self.config.quiet:
-            self.log(f"step {metrics['step']}/{self.config.steps}  reward {metrics['reward_mean']:.3f}  acc {metrics['accuracy']:.3f}  "
-                     f"tokens {metrics['mean_tokens']:.1f}  alpha {metrics['alpha']:.3f}  rollout {metrics['rollout_s']:.1f}s  "
+            values = "  ".join(f"{name} {value:.3f}" for name, value in shown.items())
+            self.log(f"step {metrics['step']}/{self.config.steps}  {values}  rollout {metrics['rollout_s']:.1f}s  "
                      f"update {metrics['update_s']:.1f}s  {metrics['rollout_tokens_per_s']:.0f} tok/s")
 
     def _save_checkpoint(self) -> None:
@@ -356,7 +301,7 @@ class Trainer:
         self.model.save_pretrained(self.run_dir / "model", state_dict=model_state, safe_serialization=True)
         self.tokenizer.save_pretrained(self.run_dir / "model")
         metrics = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        summary = {"before": before, "after": after, "steps": self.state["step"], "skipped_steps": self.state["skipped_steps"],
+        summary = {"method": self.config.method, "before": before, "after": after, "steps": self.state["step"], "skipped_steps": self.state["skipped_steps"],
                    "final_alpha": self.state["alpha"], "time_s": elapsed_s,
                    "world_size": self.context.world_size, "ranks_in_sync": in_sync,
                    "rollout_s": sum(m["rollout_s"] for m in metrics), "update_s": sum(m["update_s"] for m in metrics)}

@@ -14,14 +14,18 @@ def _pyplot():
     return plt
 
 
+CURVES = [("reward_mean", "reward"), ("loss", "loss"), ("accuracy", "rollout accuracy"),
+          ("mean_tokens", "mean response tokens"), ("alpha", "alpha")]
+
+
 def plot_training_curves(metrics: list[dict], path: Path) -> Path:
-    """Reward, rollout accuracy, mean rollout tokens and alpha per step."""
+    """Per step, each of ``CURVES`` that the run logs (reward and alpha: RL only): steps without a value are gaps."""
     plt = _pyplot()
     steps = [row["step"] for row in metrics]
-    panels = [("reward_mean", "reward"), ("accuracy", "rollout accuracy"), ("mean_tokens", "mean response tokens"), ("alpha", "alpha")]
+    panels = [(key, title) for key, title in CURVES if any(row.get(key) is not None for row in metrics)]
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for axis, (key, title) in zip(axes, panels):
-        axis.plot(steps, [row[key] for row in metrics], marker=".")
+        axis.plot(steps, [row.get(key, None) if row.get(key) is not None else float("nan") for row in metrics], marker=".")
         axis.set_title(title)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)

@@ -3,16 +3,43 @@
 ``RolloutEngine.generate(prompt_ids, params) -> list[list[Completion]]`` wraps the paged-KV
 sampler (``effreason.sampler.Sampler``), which runs on the model's own parameters, so no
 weight sync is needed after an optimizer step. ``backend="hf"`` serves the same interface
-through Hugging Face ``generate()`` (slower; a cross-check of the sampler).
+through Hugging Face ``generate()`` (slower; a cross-check of the sampler). A step's graded
+completions are a :class:`Rollout`, what every training method updates from.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from effreason.sampler import Completion, Sampler, SamplingParams
 
-__all__ = ["Completion", "RolloutEngine", "SamplingParams"]
+__all__ = ["Completion", "Rollout", "RolloutEngine", "SamplingParams"]
+
+
+@dataclass
+class Rollout:
+    """One step's graded samples on this rank, the ``group_size`` samples of a prompt consecutive.
+
+    prompts, responses: token ids per sample (S); trainer_logprobs, sampler_logprobs: per response
+    token (the trainer's, at temperature T, and the sampler's own); correct: (S,) bool, right answer
+    *and* ended by a stop token (the paper's rule); lengths: (S,) int64 response tokens; truncated:
+    (S,) bool, hit the token limit.
+    """
+
+    prompts: list[list[int]]
+    responses: list[list[int]]
+    trainer_logprobs: list[list[float]]
+    sampler_logprobs: list[list[float]]
+    correct: torch.Tensor
+    lengths: torch.Tensor
+    truncated: torch.Tensor
+    group_size: int
+
+    def groups(self) -> list[slice]:
+        """The samples of each prompt, in prompt order."""
+        return [slice(start, start + self.group_size) for start in range(0, len(self.responses), self.group_size)]
 
 
 class RolloutEngine:

@@ -5,7 +5,8 @@ import torch
 
 from effreason.ops.reference import ppo_loss, token_logprobs
 from effreason.train.packing import build_micro_batch, plan_micro_batches
-from effreason.train.step import PolicyLoss, micro_batch_share, packed_hidden_states
+from effreason.train.methods.rl import PolicyLoss, micro_batch_share
+from effreason.train.step import packed_hidden_states
 
 from train_helpers import save_tiny_qwen2
 

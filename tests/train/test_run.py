@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from effreason.train import TrainingAborted, config_from_args, run
 from effreason.train.__main__ import main
 from effreason.train.loop import Trainer
-from effreason.train.step import PolicyLoss
+from effreason.train.methods.rl import PolicyLoss
 
 from train_helpers import tiny_run_flags
 

@@ -1,27 +1,29 @@
-"""Rejection-sampling SFT and DPO baselines: selection, the DPO loss, the packed log-probs, updates, whole runs."""
+"""The rs-sft and dpo methods of the training loop: selection, the DPO loss, the packed log-probs, updates,
+whole runs (resumable, under torchrun)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from effreason.baselines import (
-    DPOOptions,
-    RSSFTOptions,
-    dpo_loss,
-    dpo_margins,
-    run_dpo,
-    run_rs_sft,
-    select_preference_pair,
-    select_shortest_correct,
-)
-from effreason.baselines.dpo import DirectPreferenceOptimization
-from effreason.baselines.rs_sft import RejectionSamplingSFT
-from effreason.baselines.runner import SampledGroup, TrainingUnit, pack_units, sequence_logprobs, train_on_units
-from effreason.train.config import TrainConfig
+from effreason.train import run
+from effreason.train.config import TrainConfig, resolve_config
+from effreason.train.distributed import DistributedContext
+from effreason.train.methods.dpo import DirectPreferenceOptimization, dpo_loss, dpo_margins, select_preference_pair
+from effreason.train.methods.rs_sft import RejectionSamplingSFT, select_shortest_correct
+from effreason.train.methods.units import SampledGroup, TrainingUnit, pack_units, sequence_logprobs
+from effreason.train.step import optimizer_steps
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -115,11 +117,19 @@ def test_dpo_loss_rejects_mismatched_shapes():
         dpo_loss(torch.zeros(3), torch.zeros(2), torch.zeros(3), torch.zeros(3), 0.1)
 
 
-@pytest.mark.parametrize("make, name", [(lambda: DPOOptions(beta=0.0), "beta"), (lambda: DPOOptions(epochs=0), "epochs"),
-                                        (lambda: RSSFTOptions(epochs=1.5), "epochs")])
-def test_options_are_validated(make, name):
+@pytest.mark.parametrize("options, name", [(dict(dpo_beta=0.0), "dpo_beta"), (dict(baseline_epochs=0), "baseline_epochs"),
+                                           (dict(baseline_epochs=1.5), "baseline_epochs"), (dict(method="ppo"), "method")])
+def test_options_are_validated(options, name):
     with pytest.raises(ValueError, match=name):
-        make()
+        TrainConfig(**options)
+
+
+def test_dpo_gets_its_own_default_learning_rate():
+    from effreason.train.config import DPO_DEFAULT_LR, resolve_config
+
+    assert resolve_config({"method": "dpo"}).lr == DPO_DEFAULT_LR
+    assert resolve_config({"method": "dpo", "lr": 1e-3}).lr == 1e-3
+    assert resolve_config({"method": "rs-sft"}).lr == TrainConfig().lr
 
 
 # ------------------------------------------------------------------------------ packed log-probs and updates
@@ -161,25 +171,46 @@ def fresh_copy(tiny_model_dir):
     return model.train(), tokenizer
 
 
-def losses_over_steps(model, tokenizer, method, units, steps: int, token_budget: int = 4096) -> list[float]:
-    config = TrainConfig(mini_batches=1, micro_batch_tokens=token_budget, grad_clip=1.0)
-    method.prepare(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return [train_on_units(model, optimizer, scheduler, method, units, config, pad_token_id=tokenizer.pad_token_id,
-                           device="cpu")["loss"] for _ in range(steps)]
+def unit_trainer(model, tokenizer, method_class, token_budget: int = 4096, **settings):
+    """The parts of a ``Trainer`` a unit method uses, around ``model`` on one process."""
+    config = TrainConfig(mini_batches=1, micro_batch_tokens=token_budget, grad_clip=1.0, **settings)
+    trainer = SimpleNamespace(config=config, model=model, context=DistributedContext(), device="cpu",
+                              pad_token_id=tokenizer.pad_token_id,
+                              load_reference=lambda: fresh_copy_of(model).requires_grad_(False))
+    method = method_class(trainer)
+    trainer.trainable = method.module
+    trainer.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda step: 1.0)
+    return method
+
+
+def fresh_copy_of(model):
+    import copy
+
+    return copy.deepcopy(model).eval()
+
+
+def losses_over_steps(method, units, steps: int) -> list[float]:
+    """``steps`` updates on the same units, through the method's own update (selection bypassed)."""
+    losses = []
+    for _ in range(steps):
+        mini_batches = [method._weighted_batches(units)]
+        result = optimizer_steps(method.trainer.trainable, method.trainer.optimizer, method.trainer.scheduler, mini_batches,
+                                 lambda module, batch: module(batch), grad_clip=1.0)
+        losses.append(result["loss"])
+    return losses
 
 
 def test_rs_sft_loss_goes_down_on_a_fixed_batch(tiny_model_dir):
     model, tokenizer = fresh_copy(tiny_model_dir)
     units = [TrainingUnit(unit.prompt_ids, unit.responses[:1]) for unit in fixed_units(tokenizer)]
-    losses = losses_over_steps(model, tokenizer, RejectionSamplingSFT(RSSFTOptions()), units, steps=6)
+    losses = losses_over_steps(unit_trainer(model, tokenizer, RejectionSamplingSFT), units, steps=6)
     assert losses[-1] < 0.8 * losses[0], losses
 
 
 def test_dpo_loss_goes_down_on_a_fixed_batch(tiny_model_dir):
     model, tokenizer = fresh_copy(tiny_model_dir)
-    losses = losses_over_steps(model, tokenizer, DirectPreferenceOptimization(DPOOptions(beta=0.1)), fixed_units(tokenizer), steps=6)
+    losses = losses_over_steps(unit_trainer(model, tokenizer, DirectPreferenceOptimization), fixed_units(tokenizer), steps=6)
     assert losses[0] == pytest.approx(math.log(2.0), abs=1e-5)  # policy == reference at the start
     assert losses[-1] < losses[0] - 0.05, losses
 
@@ -188,13 +219,12 @@ def test_micro_batching_leaves_the_dpo_gradient_unchanged(tiny_model_dir):
     gradients = []
     for budget in (64, 4096):
         model, tokenizer = fresh_copy(tiny_model_dir)
-        method = DirectPreferenceOptimization(DPOOptions(beta=0.1))
-        method.prepare(model)
+        method = unit_trainer(model, tokenizer, DirectPreferenceOptimization, token_budget=budget)
         model.lm_head.weight.data.add_(0.01)  # away from the reference, so the DPO gradient is not symmetric
-        batches = pack_units(fixed_units(tokenizer), 2, budget, tokenizer.pad_token_id)
-        total = sum(method.normaliser(batch) for batch in batches)
-        for batch in batches:
-            (method.loss(model, batch)[0] / total).backward()
+        batches = method._weighted_batches(fixed_units(tokenizer))
+        assert (len(batches) > 1) == (budget == 64)
+        for batch, weight in batches:
+            (method.loss(model, batch)[0] * weight).backward()
         gradients.append(model.model.embed_tokens.weight.grad.clone())
     torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
 
@@ -202,44 +232,79 @@ def test_micro_batching_leaves_the_dpo_gradient_unchanged(tiny_model_dir):
 # ------------------------------------------------------------------------------ whole runs
 
 
-@pytest.mark.parametrize("run, options, name", [(run_rs_sft, RSSFTOptions(), "rs-sft"), (run_dpo, DPOOptions(epochs=2), "dpo")])
-def test_a_short_run_writes_the_training_loop_run_folder(run, options, name, tiny_model_dir, tmp_path, monkeypatch):
+def short_run_config(tiny_model_dir, out, method, **settings) -> TrainConfig:
+    defaults = dict(steps=2, group_size=4, prompts_per_step=4, max_new_tokens=8, eval_problems=4, eval_max_new_tokens=8,
+                    lr=1e-3, quiet=True)
+    return TrainConfig(model=str(tiny_model_dir), out=str(out), method=method, **{**defaults, **settings})
+
+
+@pytest.mark.parametrize("method, settings", [("rs-sft", {}), ("dpo", dict(baseline_epochs=2))])
+def test_a_short_run_writes_the_training_loop_run_folder(method, settings, tiny_model_dir, tmp_path, monkeypatch):
     from effreason.models import resolve_model_dir
     from effreason.tasks.toy import ToyTask
 
     monkeypatch.setattr(ToyTask, "is_correct", lambda self, text, problem: True)  # random weights never solve a problem
-    config = TrainConfig(model=str(tiny_model_dir), out=str(tmp_path / name), steps=2, group_size=4, prompts_per_step=3,
-                         max_new_tokens=8, eval_problems=4, eval_max_new_tokens=8, lr=1e-3, quiet=True)
-    run_dir = run(config, options)
+    config = short_run_config(tiny_model_dir, tmp_path / method, method, **settings)
+    run_dir = run(config)
     assert TrainConfig.from_json_file(run_dir / "config.json") == config
-    assert json.loads((run_dir / "method.json").read_text()) == {"method": name, "options": vars(options)}
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
     assert sum(m["optimizer_steps"] for m in metrics) > 0
     assert all(m["units"] <= config.prompts_per_step for m in metrics)
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["method"] == method
     for which in ("before", "after"):
         assert summary[which]["num_problems"] == 4 and {"accuracy", "mean_tokens"} <= set(summary[which])
     assert resolve_model_dir(run_dir) == run_dir / "model"
-    assert not (run_dir / "checkpoint").exists()
+    assert (run_dir / "checkpoint" / "state.json").exists()
 
 
-def test_resume_is_refused(tiny_model_dir, tmp_path):
-    config = TrainConfig(model=str(tiny_model_dir), out=str(tmp_path), resume=str(tmp_path))
-    with pytest.raises(ValueError, match="resume"):
-        run_dpo(config)
+def test_a_baseline_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
+    from effreason.tasks.toy import ToyTask
+    from effreason.train.loop import Trainer
+
+    monkeypatch.setattr(ToyTask, "is_correct", lambda self, text, problem: True)
+    whole = run(short_run_config(tiny_model_dir, tmp_path / "whole", "dpo", steps=3, eval_problems=0, checkpoint_every=1))
+    original, calls = Trainer._one_step, {"count": 0}
+
+    def crash_at_third(self):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            raise RuntimeError("crash")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "_one_step", crash_at_third)
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="crash"):
+        run(short_run_config(tiny_model_dir, crashed, "dpo", steps=3, eval_problems=0, checkpoint_every=1))
+    monkeypatch.setattr(Trainer, "_one_step", original)
+    run(resolve_config({"resume": str(crashed)}))
+
+    first, second = load_file(whole / "model" / "model.safetensors"), load_file(crashed / "model" / "model.safetensors")
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+@pytest.mark.slow
+def test_rs_sft_under_torchrun(tiny_model_dir, tmp_path):
+    out = tmp_path / "ddp"
+    flags = ["--model", str(tiny_model_dir), "--out", str(out), "--method", "rs-sft", "--steps", "2", "--group-size", "4",
+             "--prompts-per-step", "4", "--max-new-tokens", "8", "--eval-problems", "4", "--eval-max-new-tokens", "8",
+             "--mini-batches", "2", "--quiet"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "effreason.train", *flags]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "rs-sft" and summary["world_size"] == 2 and summary["ranks_in_sync"] is True
 
 
 def test_a_baseline_that_fails_before_its_first_step_leaves_no_folder(tiny_model_dir, tmp_path, monkeypatch):
-    from effreason.baselines import runner
+    from effreason.train.methods.units import UnitMethod
 
     def fail(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(runner, "one_step", fail)
+    monkeypatch.setattr(UnitMethod, "update", fail)
     out = tmp_path / "rs-sft"
-    config = TrainConfig(model=str(tiny_model_dir), out=str(out), steps=2, group_size=4, prompts_per_step=3,
-                         max_new_tokens=8, eval_problems=2, eval_max_new_tokens=8, quiet=True)
     with pytest.raises(RuntimeError, match="boom"):
-        run_rs_sft(config, RSSFTOptions())
+        run(short_run_config(tiny_model_dir, out, "rs-sft"))
     assert not out.exists()

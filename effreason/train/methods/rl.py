@@ -1,0 +1,117 @@
+"""``--method rl`` (the default): the paper's length-penalised RL, and the other rewards of the registry.
+
+Per step: rewards and advantages of ``--reward`` / ``--advantage`` over each prompt's group
+(:mod:`effreason.train.scoring`), optionally scaled by truncated importance weights, then the PPO
+clipped surrogate (``--clip-eps-low/high``, ``--loss-agg``, KL to the starting model with
+``--kl-coef``) from the fused LM-head ops, one optimizer step per mini-batch. For the paper's reward
+with RLOO, a micro-batch of whole groups computes reward and advantage inside the fused op
+(``fused_policy_loss``); other micro-batches use the precomputed advantages (the same numbers).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from effreason.ops import fused_logprobs, fused_policy_loss, fused_ppo_loss
+from effreason.train.packing import MicroBatch, build_micro_batch, plan_micro_batches
+from effreason.train.rollout import Rollout
+from effreason.train.scoring import rewards_and_advantages, truncated_importance_weights
+from effreason.train.step import WeightedBatch, optimizer_steps, packed_hidden_states
+
+LOGGED_STATS = ("clip_fraction", "kl_mean", "entropy_mean")
+
+
+class PolicyLoss(torch.nn.Module):
+    """Wraps the causal LM so one ``forward`` computes a micro-batch's loss (DDP/FSDP see every parameter).
+
+    ``paper_objective``: the paper's reward + RLOO inside the fused op (``fused_policy_loss``) for
+    micro-batches of whole groups; otherwise the precomputed advantages (the same numbers for the
+    paper's reward) go through ``fused_ppo_loss``.
+    """
+
+    def __init__(self, model, *, group_size: int, paper_objective: bool, loss_options: dict, temperature: float):
+        super().__init__()
+        self.model = model
+        self.group_size = group_size
+        self.paper_objective = paper_objective
+        self.loss_options = loss_options
+        self.temperature = temperature
+
+    def forward(self, batch: MicroBatch, alpha: float, ref_logprobs: torch.Tensor | None = None):
+        hidden = packed_hidden_states(self.model, batch)  # (N, H)
+        weight = self.model.lm_head.weight  # (V, H)
+        options = dict(self.loss_options, old_logprobs=batch.old_logprobs, ref_logprobs=ref_logprobs, temperature=self.temperature)
+        if self.paper_objective and batch.whole_groups:
+            return fused_policy_loss(hidden, weight, batch.targets, batch.cu_seqlens, batch.correct,
+                                     group_size=self.group_size, alpha=alpha, **options)
+        return fused_ppo_loss(hidden, weight, batch.targets, batch.cu_seqlens, batch.advantages, **options)
+
+
+@torch.no_grad()
+def reference_logprobs(ref_model, batch: MicroBatch, temperature: float) -> torch.Tensor:
+    """Per-token log-probs (N,) of the frozen reference model on the batch's response tokens."""
+    hidden = packed_hidden_states(ref_model, batch)
+    return fused_logprobs(hidden, ref_model.lm_head.weight, batch.targets, temperature).float()
+
+
+def micro_batch_share(batch: MicroBatch, mini_batch: list[MicroBatch], loss_agg: str) -> float:
+    """The micro-batch's weight in the mini-batch loss: its tokens for token-mean, else its sequences."""
+    if loss_agg == "token-mean":
+        return batch.num_tokens / max(sum(b.num_tokens for b in mini_batch), 1)
+    return batch.num_sequences / sum(b.num_sequences for b in mini_batch)
+
+
+class ReinforcementLearning:
+    """The RL method of the training loop (module docstring)."""
+
+    name = "rl"
+
+    def __init__(self, trainer):
+        config = trainer.config
+        self.trainer = trainer
+        paper_objective = config.reward == "paper" and config.advantage == "rloo" and config.tis_cap == 0
+        loss_options = dict(
+            kl_coef=config.kl_coef, kl_estimator=config.kl_estimator, kl_in_reward=config.kl_in_reward,
+            clip_eps=config.clip_eps, loss_agg=config.loss_agg,
+            norm_length=float(config.max_new_tokens) if config.loss_agg == "seq-mean-token-sum-norm" else None,
+        )
+        self.module = PolicyLoss(trainer.model, group_size=config.group_size, paper_objective=paper_objective,
+                                 loss_options=loss_options, temperature=config.temperature)
+        self.reference = trainer.load_reference() if config.kl_coef > 0 else None
+
+    def update(self, rollout: Rollout, alpha: float) -> dict:
+        """Rewards, advantages, then one PPO step per mini-batch; the metrics of the update."""
+        trainer, config = self.trainer, self.trainer.config
+        rewards, advantages = rewards_and_advantages(rollout.correct, rollout.lengths, config, alpha)
+        if config.tis_cap:
+            advantages = advantages * truncated_importance_weights(rollout.trainer_logprobs, rollout.sampler_logprobs, config.tis_cap)
+
+        def loss_of(module, batch: MicroBatch):
+            ref = reference_logprobs(self.reference, batch, config.temperature) if self.reference is not None else None
+            loss, stats = module(batch, alpha, ref)
+            return loss, {name: stats.get(name, 0.0) for name in LOGGED_STATS}
+
+        result = optimizer_steps(trainer.trainable, trainer.optimizer, trainer.scheduler,
+                                 self._mini_batches(rollout, advantages), loss_of, grad_clip=config.grad_clip,
+                                 all_finite=trainer.context.all_finite, device=trainer.device)
+        return {"reward_mean": float(rewards.mean()), **result}
+
+    def _mini_batches(self, rollout: Rollout, advantages: torch.Tensor) -> list[list[WeightedBatch]]:
+        """The rollout split into ``mini_batches`` parts of whole groups, each packed into weighted micro-batches."""
+        config, pad = self.trainer.config, self.trainer.pad_token_id
+        num_rows = len(rollout.responses)
+        groups = num_rows // config.group_size
+        if groups % config.mini_batches:
+            raise ValueError(f"mini_batches: each rank's {groups} prompts must divide into {config.mini_batches} mini-batches")
+        rows_per_mini = num_rows // config.mini_batches
+        row_lengths = [len(p) + len(r) - 1 for p, r in zip(rollout.prompts, rollout.responses)]
+        mini_batches = []
+        for start in range(0, num_rows, rows_per_mini):
+            plans = plan_micro_batches(row_lengths[start:start + rows_per_mini], config.group_size, config.micro_batch_tokens)
+            batches = [
+                build_micro_batch(rollout.prompts, rollout.responses, rollout.trainer_logprobs, rollout.correct, advantages,
+                                  slice(start + plan.start, start + plan.stop), pad, config.group_size)
+                for plan in plans
+            ]
+            mini_batches.append([(batch, micro_batch_share(batch, batches, config.loss_agg)) for batch in batches])
+        return mini_batches
