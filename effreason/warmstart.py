@@ -63,7 +63,6 @@ class WarmstartConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     eval_problems: int = 504
-    eval_batch_size: int = 72
     max_new_tokens: int = 320
     min_ops: int = 2
     max_ops: int = 8
@@ -219,30 +218,6 @@ def train(model, tokenizer, task: ToyTask, config: WarmstartConfig, log=print) -
 # ---------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
-def greedy_responses(model, tokenizer, questions: list[str], *, batch_size: int, max_new_tokens: int) -> list[list[int]]:
-    """Greedy response token ids (EOS kept when emitted, padding dropped) per question, through
-    ``model.generate`` on left-padded batches."""
-    responses = []
-    for begin in range(0, len(questions), batch_size):
-        prompts = [encode_prompt(q, tokenizer) for q in questions[begin : begin + batch_size]]
-        length = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[tokenizer.pad_token_id] * (length - len(p)) + p for p in prompts])  # (B, P)
-        attention_mask = (torch.arange(length)[None, :] >= torch.tensor([length - len(p) for p in prompts])[:, None]).long()
-        output = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )  # (B, P + new)
-        for row in output[:, length:].tolist():
-            end = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
-            responses.append(row[:end])
-    return responses
-
-
 def recheck_token_count(response_text: str, tokenizer) -> int:
     """Tokens spent on re-checks: the response's length minus its length with them removed."""
     without = RECHECK_PATTERN.sub("", response_text)
@@ -254,51 +229,43 @@ def num_tokens(text: str, tokenizer) -> int:
 
 
 def evaluate(model, tokenizer, task: ToyTask, config: WarmstartConfig) -> dict:
-    """Held-out greedy accuracy, mean response tokens (EOS included) and the re-check token
-    share, overall and per difficulty."""
+    """Held-out greedy evaluation with the training run's pieces (the sampler, the task's grading,
+    :func:`effreason.eval.metrics.dataset_metrics`), plus ``recheck_share``, the share of response
+    tokens spent on re-checks, overall and per difficulty."""
+    from effreason.eval.evaluate import grade_responses
+    from effreason.eval.generation import generate_responses
+    from effreason.eval.metrics import dataset_metrics
+    from effreason.models import stop_token_ids
+    from effreason.sampler import Sampler, SamplingParams
+
     problems = task.problems(config.eval_problems, split="test", seed=config.seed)
-    responses = greedy_responses(
-        model, tokenizer, [p.question for p in problems], batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens
+    params = SamplingParams(n=1, temperature=0.0, max_tokens=config.max_new_tokens, stop_token_ids=stop_token_ids(model, tokenizer))
+    responses = generate_responses(Sampler(model), tokenizer, problems, params)
+    metrics = dataset_metrics(grade_responses(problems, responses, task.is_correct))
+    texts = [(problem.difficulty, row[0]) for problem, row in zip(problems, responses)]
+    metrics["recheck_share"] = recheck_share([response for _, response in texts], tokenizer)
+    for level, stats in metrics["by_difficulty"].items():
+        stats["recheck_share"] = recheck_share([response for difficulty, response in texts if str(difficulty) == level], tokenizer)
+    return metrics
+
+
+def recheck_share(responses, tokenizer) -> float:
+    """Re-check tokens over all response tokens of ``responses`` (:class:`effreason.eval.generation.Response`)."""
+    total = sum(response.num_tokens for response in responses)
+    return sum(recheck_token_count(response.text, tokenizer) for response in responses) / max(1, total)
+
+
+def format_table(metrics: dict) -> str:
+    """Per difficulty and overall: accuracy, mean tokens, re-check share, responses that ended with EOS."""
+    from effreason.eval.report import fixed_width_table
+
+    rows = [(level, stats) for level, stats in metrics["by_difficulty"].items()] + [("all", metrics)]
+    return fixed_width_table(
+        ["difficulty", "accuracy", "mean tokens", "recheck share", "eos"],
+        [[name, f"{100 * stats['accuracy']:.1f}%", f"{stats['mean_tokens']:.1f}", f"{100 * stats['recheck_share']:.1f}%",
+          f"{100 * (1 - stats['truncation_rate']):.0f}%"] for name, stats in rows],
+        first_column="right",
     )
-    rows = []
-    for problem, ids in zip(problems, responses):
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        ended = bool(ids) and ids[-1] == tokenizer.eos_token_id
-        rows.append(
-            {
-                "difficulty": problem.difficulty,
-                "correct": ended and task.is_correct(text, problem),
-                "tokens": len(ids),
-                "recheck_tokens": recheck_token_count(text, tokenizer),
-                "ended": ended,
-            }
-        )
-    summary = {"overall": summarise(rows)}
-    for difficulty in task.difficulties:
-        summary[str(difficulty)] = summarise([r for r in rows if r["difficulty"] == difficulty])
-    return summary
-
-
-def summarise(rows: list[dict]) -> dict:
-    count = max(1, len(rows))
-    tokens = sum(r["tokens"] for r in rows)
-    return {
-        "problems": len(rows),
-        "accuracy": sum(r["correct"] for r in rows) / count,
-        "mean_tokens": tokens / count,
-        "recheck_share": sum(r["recheck_tokens"] for r in rows) / max(1, tokens),
-        "ended_with_eos": sum(r["ended"] for r in rows) / count,
-    }
-
-
-def format_table(summary: dict) -> str:
-    lines = ["difficulty  problems  accuracy  mean_tokens  recheck_share  eos"]
-    for name, stats in summary.items():
-        lines.append(
-            f"{name:>10}  {stats['problems']:8d}  {100 * stats['accuracy']:7.1f}%  {stats['mean_tokens']:11.1f}"
-            f"  {100 * stats['recheck_share']:12.1f}%  {100 * stats['ended_with_eos']:3.0f}%"
-        )
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- build / load

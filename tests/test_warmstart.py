@@ -11,7 +11,7 @@ import torch
 from effreason.tasks.prompting import PAPER_PROMPT, build_prompt, encode_prompt
 from effreason.tasks.toy import ToyTask
 from effreason.models import load_checkpoint
-from effreason.warmstart import SHIPPED_DIR, greedy_responses, recheck_token_count
+from effreason.warmstart import SHIPPED_DIR, WarmstartConfig, evaluate, format_table, recheck_token_count
 
 shipped = pytest.mark.skipif(not (SHIPPED_DIR / "model.safetensors").exists(), reason="no shipped warm start")
 
@@ -76,18 +76,31 @@ def one_thread():
 
 @shipped
 def test_shipped_checkpoint_greedy_decodes_held_out_problems(warmstart, one_thread):
+    from effreason.eval.generation import generate_responses
+    from effreason.models import stop_token_ids
+    from effreason.sampler import Sampler, SamplingParams
+
     model, tokenizer = warmstart
     assert model.config.model_type == "qwen2" and model.config.tie_word_embeddings
     short_chains = ToyTask(2, 4)
     problems = short_chains.problems(12, split="test", seed=11)
-    responses = greedy_responses(model, tokenizer, [p.question for p in problems], batch_size=12, max_new_tokens=160)
-    correct = 0
-    for problem, ids in zip(problems, responses):
-        assert ids[-1] == tokenizer.eos_token_id
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        assert text.startswith("Step 1:") and "\\boxed{" in text
-        correct += short_chains.is_correct(text, problem)
-    assert correct >= 9  # the shipped model scores ~100% on 2..4 operations
+    params = SamplingParams(n=1, temperature=0.0, max_tokens=160, stop_token_ids=stop_token_ids(model, tokenizer))
+    responses = [row[0] for row in generate_responses(Sampler(model), tokenizer, problems, params)]
+    assert all(response.finish_reason == "stop" for response in responses)
+    assert all(r.text.startswith("Step 1:") and "\\boxed{" in r.text for r in responses)
+    assert sum(short_chains.is_correct(r.text, p) for p, r in zip(problems, responses)) >= 9  # ~100% on 2..4 operations
+
+
+@shipped
+def test_the_shipped_report_is_what_evaluate_gives(task, warmstart, one_thread):
+    report = json.loads((SHIPPED_DIR / "warmstart_report.json").read_text())
+    config = WarmstartConfig(eval_problems=24)
+    metrics = evaluate(*warmstart, task, config)
+    assert set(report["eval"]) == set(metrics) and set(report["eval"]["by_difficulty"]) == set(metrics["by_difficulty"])
+    assert 0.3 < metrics["recheck_share"] < 0.8 and metrics["truncation_rate"] == 0.0
+    lines = format_table(metrics).splitlines()
+    assert lines[0].split() == ["difficulty", "accuracy", "mean", "tokens", "recheck", "share", "eos"]
+    assert lines[-1].split()[0] == "all" and len(lines) == 2 + len(task.difficulties)
 
 
 @pytest.mark.slow
@@ -98,6 +111,6 @@ def test_rebuild_smoke(tmp_path):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "warmstart_report.json"):
         assert (out / name).exists()
     report = json.loads((out / "warmstart_report.json").read_text())
-    assert report["config"]["steps"] == 2 and report["eval"]["overall"]["problems"] == 7
+    assert report["config"]["steps"] == 2 and report["eval"]["num_problems"] == 7
     model, tokenizer, _ = load_checkpoint(out, device="cpu", dtype="float32")
     assert model.config.vocab_size == len(tokenizer)

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Callable
 
 from effreason.data import load_dataset, parse_spec, score_response
 from effreason.models import load_checkpoint, stop_token_ids
@@ -41,11 +43,13 @@ def load_datasets(specs: list[str], *, max_problems: int | None = None, seed: in
     }
 
 
-def grade_responses(problems: list[Problem], responses: list[list[Response]], answer_kind: str) -> list[SampleResult]:
-    """One :class:`SampleResult` per response, correctness from :func:`effreason.data.score_response`."""
+def grade_responses(problems: list[Problem], responses: list[list[Response]],
+                    is_correct: Callable[[str, Problem], bool]) -> list[SampleResult]:
+    """One :class:`SampleResult` per response, correct when ``is_correct(text, problem)`` (for datasets,
+    :func:`effreason.data.score_response` with the run's answer kind)."""
     return [
         SampleResult(problem.uid, problem.difficulty, index, response.num_tokens, response.finish_reason,
-                     score_response(response.text, problem, answer_kind))
+                     bool(is_correct(response.text, problem)))
         for problem, row in zip(problems, responses)
         for index, response in enumerate(row)
     ]
@@ -64,8 +68,8 @@ def evaluate_model(model_path: str, datasets: dict[str, list[Problem]], config: 
                                        force_answer=config.force_answer,
                                        context_length=getattr(model.config, "max_position_embeddings", None),
                                        progress=config.progress)
-        metrics[label] = dataset_metrics(grade_responses(problems, responses, config.answer_kind),
-                                         prompt_budget=config.prompt_budget)
+        graded = grade_responses(problems, responses, functools.partial(score_response, answer_kind=config.answer_kind))
+        metrics[label] = dataset_metrics(graded, prompt_budget=config.prompt_budget)
     return build_report(str(folder), config.settings(), metrics)
 
 

@@ -95,10 +95,7 @@ def format_table(report: dict) -> str:
                          *_normalised_cells(normalised_rows, None)])
     if normalised_rows:
         rows.append(["average", "", "", "", "", "", "", "", "", *_normalised_cells(normalised_rows, "average")])
-    widths = [max(len(row[index]) for row in [header, *rows]) for index in range(len(header))]
-    lines = [_join(row, widths) for row in [header, *rows]]
-    lines += _budget_lines(report["datasets"])
-    return "\n".join(lines)
+    return "\n".join([fixed_width_table(header, rows), *_budget_lines(report["datasets"])])
 
 
 def _stat_cells(stats: dict) -> list[str]:
@@ -125,10 +122,15 @@ def _optional(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
-def _join(cells: list[str], widths: list[int]) -> str:
-    """First column left-aligned, numbers right-aligned, two spaces between columns."""
-    first = cells[0].ljust(widths[0])
-    return "  ".join([first, *(cell.rjust(width) for cell, width in zip(cells[1:], widths[1:]))]).rstrip()
+def fixed_width_table(header: list[str], rows: list[list[str]], *, first_column: str = "left") -> str:
+    """The text table of every command (eval, the training run, the warm start): columns as wide as
+    their widest cell, two spaces apart, numbers right-aligned, the first column ``left`` or ``right``."""
+    widths = [max(len(row[index]) for row in [header, *rows]) for index in range(len(header))]
+    align_first = str.ljust if first_column == "left" else str.rjust
+    return "\n".join(
+        "  ".join([align_first(cells[0], widths[0]), *(cell.rjust(width) for cell, width in zip(cells[1:], widths[1:]))]).rstrip()
+        for cells in [header, *rows]
+    )
 
 
 def _budget_lines(datasets: dict[str, dict]) -> list[str]:

@@ -32,7 +32,8 @@ from effreason.train import distributed
 from effreason.train.alpha_control import AlphaController
 from effreason.train.config import TrainConfig
 from effreason.train.data import build_task
-from effreason.train.evaluate import evaluate_policy, format_table, summarise
+from effreason.eval.metrics import dataset_metrics
+from effreason.train.evaluate import evaluate_policy, format_table
 from effreason.train.methods import METHODS
 from effreason.train.plots import plot_accuracy_vs_tokens, plot_training_curves
 from effreason.train.run_folder import cleanup_if_no_step, default_run_dir
@@ -164,12 +165,12 @@ class Trainer:
         self.log(f"effreason.train: evaluating the {'starting' if which == 'before' else 'trained'} model on {len(self.task.evaluation)} held-out problems")
         problems = self.task.evaluation[self.context.rank::self.context.world_size]
         with distributed.gathered_for_sampling(self.trainable, self.context):
-            rows = evaluate_policy(
+            samples = evaluate_policy(
                 self.engine, self.tokenizer, problems, self.task.is_correct,
                 max_new_tokens=self.config.eval_max_new_tokens, temperature=self.config.eval_temperature,
                 stop_token_ids=self.stop_token_ids, seed=self.config.seed,
             )
-        summary = summarise(self.context.gather(rows))
+        summary = dataset_metrics(self.context.gather(samples))
         if self.context.is_main:
             path.write_text(json.dumps(summary, indent=2))
         self.context.barrier()

@@ -58,13 +58,13 @@ class RolloutEngine:
         return "paged-sampler" if self.sampler is not None else "hf-generate"
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
-        """``params.n`` completions for every prompt, in prompt order."""
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, *, progress: bool = False) -> list[list[Completion]]:
+        """``params.n`` completions for every prompt, in prompt order (``progress``: the sampler's progress bar)."""
         was_training = self.model.training
         self.model.eval()
         try:
             if self.sampler is not None:
-                return self.sampler.generate(prompt_ids, params)
+                return self.sampler.generate(prompt_ids, params, progress=progress)
             results = []
             for start in range(0, len(prompt_ids), self.max_batch_prompts):
                 chunk = prompt_ids[start:start + self.max_batch_prompts]

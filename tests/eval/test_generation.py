@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from effreason.data import score_response
 from effreason.eval.evaluate import dataset_labels, grade_responses
 from effreason.eval.generation import (
     BUDGET_INSTRUCTION, FORCE_ANSWER_TEXT, FORCE_ANSWER_TOKENS, close_braces, generate_responses, question_with_budget,
@@ -55,7 +56,7 @@ def test_generate_and_grade_without_forcing():
     assert len(sampler.calls) == 1
     prompts, params = sampler.calls[0]
     assert params is PARAMS and "What is 3+4?" in "".join(map(chr, prompts[0]))
-    samples = grade_responses(PROBLEMS, responses, "boxed")
+    samples = grade_responses(PROBLEMS, responses, score_response)
     assert [s.correct for s in samples] == [True, False, True, False]
     assert [s.num_tokens for s in samples] == [9, 9, 9, 9]
     assert [s.finish_reason for s in samples] == ["stop", "length", "stop", "stop"]
@@ -74,7 +75,7 @@ def test_force_answer_finishes_only_cut_responses():
     assert forced.text == "so 3+4 is" + FORCE_ANSWER_TEXT + "7}"
     assert forced.num_tokens == len("so 3+4 is") + len(FORCE_ANSWER_TEXT) + len("7}. Done")
     assert forced.finish_reason == "length"
-    assert [s.correct for s in grade_responses(PROBLEMS, responses, "boxed")] == [True, True, True, False]
+    assert [s.correct for s in grade_responses(PROBLEMS, responses, score_response)] == [True, True, True, False]
 
 
 def test_force_answer_fits_the_context():
