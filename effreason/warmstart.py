@@ -66,8 +66,8 @@ class WarmstartConfig:
     max_new_tokens: int = 320
     min_ops: int = 2
     max_ops: int = 8
-    # One intra-op thread: on a shared 2-core machine two threads spin against other processes
-    # and ran ~4x slower per step than one (measured: 7.9 s vs 2.0 s per batch of 16).
+    # One intra-op thread: the tiny model's matmuls are too small to split, and on a shared 2-core
+    # machine two threads spin against other processes (bench/RESULTS.md has the measurement).
     threads: int = 1
 
     def __post_init__(self):

@@ -1,12 +1,15 @@
-"""The training loop: evaluate, then rollout -> reward -> PPO update for ``steps`` steps, evaluate again.
+"""The one training loop: evaluate, then rollout -> grade -> the method's update for ``steps`` steps, evaluate again.
 
+The method (``--method``: the paper's RL, rs-sft or dpo; :mod:`effreason.train.methods`) is the only
+part that differs between runs; devices, torchrun (DDP on CPU, FSDP2 on CUDA), the CPU thread
+policy, checkpoints and resume, the evaluation and the run folder are this file's, for every method.
 ``run(config) -> Path`` writes the run folder::
 
-    config.json          the resolved TrainConfig
+    config.json          the resolved TrainConfig (``--resume`` continues with it)
     metrics.jsonl        one line per rollout step
     eval_before.json     held-out evaluation of the starting model
     eval_after.json      ... of the trained model
-    summary.json         {"before": {...}, "after": {...}, "time_s": ..., ...}
+    summary.json         {"method": ..., "before": {...}, "after": {...}, "time_s": ..., ...} (written last)
     model/               the trained model and tokenizer (Hugging Face format)
     checkpoint/          the latest resumable checkpoint
     training_curves.png, accuracy_vs_tokens.png
@@ -329,8 +332,8 @@ SMALL_MODEL_PARAMETERS = 20_000_000
 
 
 def _set_cpu_threads(model, threads: int) -> None:
-    """``torch.set_num_threads``: explicit, or 1 for small models (measured here: a 0.8M-parameter
-    Qwen2 decodes ~10x faster on one thread than on two busy cores, the matmuls being too small to split)."""
+    """``torch.set_num_threads``: explicit, or 1 for models under ``SMALL_MODEL_PARAMETERS``, whose
+    matmuls are too small to split across threads (bench/RESULTS.md has the measurement)."""
     if threads == 0:
         if sum(p.numel() for p in model.parameters()) >= SMALL_MODEL_PARAMETERS:
             return
