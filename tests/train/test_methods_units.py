@@ -23,6 +23,8 @@ from effreason.train.methods.rs_sft import RejectionSamplingSFT, select_shortest
 from effreason.train.methods.units import SampledGroup, TrainingUnit, pack_units, sequence_logprobs
 from effreason.train.step import optimizer_steps
 
+from train_helpers import crash_at_step
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -265,15 +267,8 @@ def test_a_baseline_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, monkey
 
     monkeypatch.setattr(ToyTask, "is_correct", lambda self, text, problem: True)
     whole = run(short_run_config(tiny_model_dir, tmp_path / "whole", "dpo", steps=3, eval_problems=0, checkpoint_every=1))
-    original, calls = Trainer._one_step, {"count": 0}
-
-    def crash_at_third(self):
-        calls["count"] += 1
-        if calls["count"] == 3:
-            raise RuntimeError("crash")
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "_one_step", crash_at_third)
+    original = Trainer._one_step
+    crash_at_step(monkeypatch, 3)
     crashed = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="crash"):
         run(short_run_config(tiny_model_dir, crashed, "dpo", steps=3, eval_problems=0, checkpoint_every=1))

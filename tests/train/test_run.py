@@ -18,7 +18,7 @@ from effreason.train.__main__ import main
 from effreason.train.loop import Trainer
 from effreason.train.methods.rl import PolicyLoss
 
-from train_helpers import tiny_run_flags
+from train_helpers import crash_at_step, tiny_run_flags
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,16 +97,7 @@ def test_an_existing_out_folder_is_never_removed(tiny_model_dir, toy_data_file, 
 
 
 def test_a_failure_after_a_step_keeps_the_folder(tiny_model_dir, toy_data_file, tmp_path, monkeypatch):
-    original = Trainer._one_step
-    calls = {"count": 0}
-
-    def second_step_fails(self):
-        calls["count"] += 1
-        if calls["count"] == 2:
-            raise RuntimeError("boom")
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "_one_step", second_step_fails)
+    crash_at_step(monkeypatch, 2, "boom")
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="boom"):
         run(config_from_args(tiny_run_flags(tiny_model_dir, toy_data_file, out, steps=3, eval_problems=0)))

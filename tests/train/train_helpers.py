@@ -55,3 +55,19 @@ def tiny_run_flags(model_dir, data_file, out_dir, **overrides) -> list[str]:
         else:
             flags += [flag, str(value)]
     return flags
+
+
+def crash_at_step(monkeypatch, step: int, message: str = "crash") -> None:
+    """Make the training loop raise ``RuntimeError(message)`` when it starts step ``step`` (1-based);
+    ``monkeypatch.setattr(Trainer, "_one_step", Trainer._one_step)`` before the patch undoes it."""
+    from effreason.train.loop import Trainer
+
+    original, calls = Trainer._one_step, {"count": 0}
+
+    def one_step(self):
+        calls["count"] += 1
+        if calls["count"] == step:
+            raise RuntimeError(message)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "_one_step", one_step)
