@@ -62,6 +62,20 @@ def save_checkpoint(run_dir: Path, *, model_state: dict, model, tokenizer, optim
     return final
 
 
+def export_model(folder: Path, model, tokenizer, model_state: dict, dtype: torch.dtype) -> Path:
+    """Save the trained model in Hugging Face format in ``dtype`` (the compute dtype, as the original
+    checkpoint is usually stored), so HF, vLLM and SGLang load it as they load the original; the
+    checkpoint keeps the float32 master weights for an exact resume."""
+    state = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in model_state.items()}
+    model.save_pretrained(folder, state_dict=state, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    config_file = Path(folder) / "config.json"
+    saved = json.loads(config_file.read_text())
+    saved["dtype"] = str(dtype).removeprefix("torch.")  # save_pretrained records the float32 parameters' dtype
+    config_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    return Path(folder)
+
+
 def _sync_folder(folder: Path) -> None:
     for path in folder.iterdir():
         with open(path, "rb") as handle:

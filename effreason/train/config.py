@@ -91,7 +91,9 @@ class TrainConfig:
     max_bad_steps: int = _option(3, "consecutive non-finite losses before the run aborts")
     cpu_threads: int = _option(0, "torch CPU threads per process; 0 = auto (1 for models under 20M parameters, where threading overhead dominates; else torch's default)")
     device: str = _option("auto", "device", choices=DEVICES)
-    dtype: str = _option("auto", "parameter dtype (auto: bfloat16 on CUDA, float32 on CPU)", choices=DTYPES)
+    dtype: str = _option("auto", "compute dtype of the forward and backward passes (auto: bfloat16 on CUDA, float32 on CPU); parameters, gradients and AdamW state stay float32 (master weights), model/ is exported in this dtype", choices=DTYPES)
+    gradient_checkpointing: bool | None = _option(None, "recompute each decoder layer's activations in backward instead of keeping them (default: on with CUDA, off on the CPU)")
+    fp32_lm_head: bool = _option(False, "compute the LM head of the loss in float32 whatever --dtype (ScaleRL, MiniMax-M1: steadier RL)")
     quiet: bool = _option(False, "logs only, no progress bar")
 
     def __post_init__(self):
@@ -231,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = f"{config_field.metadata['help']} (default: {config_field.default})"
         if config_field.name == "preset":
             parser.add_argument(_flag_name("preset"), choices=tuple(PRESETS), help=help_text)
-        elif isinstance(config_field.default, bool):
+        elif isinstance(config_field.default, bool) or str(config_field.type) == "bool | None":
             parser.add_argument(_flag_name(config_field.name), action=argparse.BooleanOptionalAction, help=help_text)
         else:
             parser.add_argument(

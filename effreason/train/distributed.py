@@ -90,19 +90,24 @@ def teardown(context: DistributedContext) -> None:
         dist.destroy_process_group()
 
 
-def wrap_policy(policy: torch.nn.Module, context: DistributedContext) -> torch.nn.Module:
-    """DDP on CPU; FSDP2 (``fully_shard`` per decoder layer, then the root) on CUDA; as-is alone."""
+def wrap_policy(policy: torch.nn.Module, context: DistributedContext, compute_dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """DDP on CPU; FSDP2 (``fully_shard`` per decoder layer, then the root) on CUDA; as-is alone.
+
+    Under FSDP2 the float32 master parameters are gathered in ``compute_dtype`` and gradients reduced
+    in float32 (``MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=float32)``).
+    """
     if not context.enabled:
         return policy
     if context.device.type != "cuda":
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(policy)
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    precision = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     for layer in policy.model.model.layers:
-        fully_shard(layer)
-    fully_shard(policy)
+        fully_shard(layer, mp_policy=precision)
+    fully_shard(policy, mp_policy=precision)
     return policy
 
 

@@ -75,7 +75,8 @@ class Trainer:
         self.config = config
         self.context = context
         self.device = context.device
-        self.dtype = pick_dtype(config.dtype, self.device)
+        self.compute_dtype = pick_dtype(config.dtype, self.device)
+        self.lm_head_dtype = torch.float32 if config.fp32_lm_head else self.compute_dtype
         self.run_dir = Path(config.out) if config.out else default_run_dir()
         if config.out is None and context.enabled:
             raise ValueError("out: pass --out RUN_DIR under torchrun so every rank writes the same run folder")
@@ -107,8 +108,11 @@ class Trainer:
 
     def _build(self, resume_from: Path | None) -> None:
         config = self.config
-        self.model, self.tokenizer, _ = load_checkpoint(resume_from or config.model, device=self.device, dtype=self.dtype)
+        # float32 master weights whatever the compute dtype: AdamW steps of 5e-6 would round away in bf16
+        self.model, self.tokenizer, _ = load_checkpoint(resume_from or config.model, device=self.device, dtype=torch.float32)
         self.model.train()
+        if config.gradient_checkpointing or (config.gradient_checkpointing is None and self.device.type == "cuda"):
+            _enable_activation_checkpointing(self.model)
         _set_cpu_threads(self.model, config.cpu_threads)
         self.task = build_task(config)
         self.stop_token_ids = stop_token_ids(self.model, self.tokenizer)
@@ -116,7 +120,7 @@ class Trainer:
         self.engine = RolloutEngine(self.model, pad_token_id=pad, max_batch_prompts=config.eval_batch_size,
                                     backend=config.rollout_backend)
         self.method = METHODS[config.method](self)
-        self.trainable = distributed.wrap_policy(self.method.module, self.context)
+        self.trainable = distributed.wrap_policy(self.method.module, self.context, self.compute_dtype)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
             betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay,
@@ -132,7 +136,7 @@ class Trainer:
 
     def load_reference(self):
         """A frozen copy of the starting model (``--model``, not a resumed checkpoint): KL and DPO's reference."""
-        reference, _, _ = load_checkpoint(self.config.model, device=self.device, dtype=self.dtype)
+        reference, _, _ = load_checkpoint(self.config.model, device=self.device, dtype=self.compute_dtype)
         return reference.requires_grad_(False)
 
     def _controller(self) -> AlphaController | None:
@@ -302,8 +306,7 @@ class Trainer:
         in_sync = distributed.parameters_in_sync(self.model, self.context)
         if not self.context.is_main:
             return
-        self.model.save_pretrained(self.run_dir / "model", state_dict=model_state, safe_serialization=True)
-        self.tokenizer.save_pretrained(self.run_dir / "model")
+        checkpoints.export_model(self.run_dir / "model", self.model, self.tokenizer, model_state, self.compute_dtype)
         metrics = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         summary = {"method": self.config.method, "before": before, "after": after, "steps": self.state["step"], "skipped_steps": self.state["skipped_steps"],
                    "final_alpha": self.state["alpha"], "time_s": elapsed_s,
@@ -326,6 +329,15 @@ def warmup_then_constant(config: TrainConfig):
         return min(1.0, (step + 1) / warmup) if warmup else 1.0
 
     return multiplier
+
+
+def _enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer in backward (non-reentrant); the name moved in transformers 5.x."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 SMALL_MODEL_PARAMETERS = 20_000_000

@@ -29,6 +29,15 @@ def packed_hidden_states(model, batch: MicroBatch) -> torch.Tensor:
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.gather_index)
 
 
+def lm_head_inputs(model, batch: MicroBatch, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hidden (N, H), weight (V, H))`` for the fused LM-head ops, both in ``dtype`` (default the
+    weight's): the fused ops see no autocast, so the LM head's precision is chosen here. A cast of the
+    float32 master weight is differentiable, its gradient lands on the master."""
+    hidden, weight = packed_hidden_states(model, batch), model.lm_head.weight
+    dtype = dtype or weight.dtype
+    return hidden.to(dtype), weight.to(dtype)
+
+
 def optimizer_steps(
     module: torch.nn.Module,
     optimizer,
@@ -39,12 +48,14 @@ def optimizer_steps(
     grad_clip: float,
     all_finite: Callable[[bool], bool] = lambda finite: finite,
     device=None,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> dict:
     """One optimizer step per mini-batch: ``loss = sum_b weight_b * loss_b`` over its micro-batches.
 
     ``module`` is the method's loss module, possibly wrapped in DDP/FSDP2; ``loss_of(module, batch)``
-    returns a micro-batch's loss and a dict of float statistics; ``all_finite`` agrees the finiteness
-    verdict across ranks. Returns ``loss``, ``grad_norm`` and each statistic (their weighted sums)
+    returns a micro-batch's loss and a dict of float statistics, its forward under autocast to
+    ``compute_dtype`` when that is not float32 (the parameters stay float32 master weights; backward
+    runs outside autocast, as torch recommends); ``all_finite`` agrees the finiteness verdict across ranks. Returns ``loss``, ``grad_norm`` and each statistic (their weighted sums)
     averaged over the steps taken (None when none was), ``optimizer_steps`` and ``skipped``.
     """
     sums: dict[str, float] = {}
@@ -56,7 +67,8 @@ def optimizer_steps(
         for index, (batch, weight) in enumerate(mini_batch):
             batch = batch.to(device) if device is not None else batch
             with _gradient_sync(module, last=index == len(mini_batch) - 1):
-                loss, stats = loss_of(module, batch)
+                with _autocast(batch.input_ids.device, compute_dtype):
+                    loss, stats = loss_of(module, batch)
                 (loss * weight).backward()
             finite = finite and bool(torch.isfinite(loss.detach()))
             for name, value in dict(stats, loss=loss.detach()).items():
@@ -73,6 +85,13 @@ def optimizer_steps(
             skipped += 1
     averages = {name: value / taken for name, value in sums.items()} if taken else {"loss": None, "grad_norm": None}
     return {**averages, "optimizer_steps": taken, "skipped": skipped}
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    """Autocast to ``dtype`` on ``device``'s type, or nothing for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _gradient_sync(module, *, last: bool):

@@ -74,9 +74,9 @@ class DirectPreferenceOptimization(UnitMethod):
     def loss(self, model, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """The DPO loss summed over the batch's pairs (rows alternate chosen, rejected); statistics
         ``margin`` (``beta`` times the log-ratio difference) and ``preference_accuracy`` (margin > 0)."""
-        policy = sequence_logprobs(model, batch)  # (2P,)
+        policy = sequence_logprobs(model, batch, self.trainer.lm_head_dtype)  # (2P,)
         with torch.no_grad():
-            reference = sequence_logprobs(self.reference, batch)  # (2P,)
+            reference = sequence_logprobs(self.reference, batch, self.trainer.lm_head_dtype)  # (2P,)
         pair = (policy[0::2], policy[1::2], reference[0::2], reference[1::2], self.beta)
         losses = dpo_loss(*pair)  # (P,)
         margins = dpo_margins(*pair).detach()  # (P,)

@@ -16,7 +16,7 @@ from effreason.ops import fused_logprobs, fused_policy_loss, fused_ppo_loss
 from effreason.train.packing import MicroBatch, build_micro_batch, plan_micro_batches
 from effreason.train.rollout import Rollout
 from effreason.train.scoring import rewards_and_advantages, truncated_importance_weights
-from effreason.train.step import WeightedBatch, optimizer_steps, packed_hidden_states
+from effreason.train.step import WeightedBatch, lm_head_inputs, optimizer_steps
 
 LOGGED_STATS = ("clip_fraction", "kl_mean", "entropy_mean")
 
@@ -29,17 +29,18 @@ class PolicyLoss(torch.nn.Module):
     paper's reward) go through ``fused_ppo_loss``.
     """
 
-    def __init__(self, model, *, group_size: int, paper_objective: bool, loss_options: dict, temperature: float):
+    def __init__(self, model, *, group_size: int, paper_objective: bool, loss_options: dict, temperature: float,
+                 lm_head_dtype: torch.dtype | None = None):
         super().__init__()
         self.model = model
+        self.lm_head_dtype = lm_head_dtype
         self.group_size = group_size
         self.paper_objective = paper_objective
         self.loss_options = loss_options
         self.temperature = temperature
 
     def forward(self, batch: MicroBatch, alpha: float, ref_logprobs: torch.Tensor | None = None):
-        hidden = packed_hidden_states(self.model, batch)  # (N, H)
-        weight = self.model.lm_head.weight  # (V, H)
+        hidden, weight = lm_head_inputs(self.model, batch, self.lm_head_dtype)  # (N, H), (V, H)
         options = dict(self.loss_options, old_logprobs=batch.old_logprobs, ref_logprobs=ref_logprobs, temperature=self.temperature)
         if self.paper_objective and batch.whole_groups:
             return fused_policy_loss(hidden, weight, batch.targets, batch.cu_seqlens, batch.correct,
@@ -48,10 +49,10 @@ class PolicyLoss(torch.nn.Module):
 
 
 @torch.no_grad()
-def reference_logprobs(ref_model, batch: MicroBatch, temperature: float) -> torch.Tensor:
+def reference_logprobs(ref_model, batch: MicroBatch, temperature: float, lm_head_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Per-token log-probs (N,) of the frozen reference model on the batch's response tokens."""
-    hidden = packed_hidden_states(ref_model, batch)
-    return fused_logprobs(hidden, ref_model.lm_head.weight, batch.targets, temperature).float()
+    hidden, weight = lm_head_inputs(ref_model, batch, lm_head_dtype)
+    return fused_logprobs(hidden, weight, batch.targets, temperature).float()
 
 
 def micro_batch_share(batch: MicroBatch, mini_batch: list[MicroBatch], loss_agg: str) -> float:
@@ -76,7 +77,7 @@ class ReinforcementLearning:
             norm_length=float(config.max_new_tokens) if config.loss_agg == "seq-mean-token-sum-norm" else None,
         )
         self.module = PolicyLoss(trainer.model, group_size=config.group_size, paper_objective=paper_objective,
-                                 loss_options=loss_options, temperature=config.temperature)
+                                 loss_options=loss_options, temperature=config.temperature, lm_head_dtype=trainer.lm_head_dtype)
         self.reference = trainer.load_reference() if config.kl_coef > 0 else None
 
     def update(self, rollout: Rollout, alpha: float) -> dict:
@@ -87,13 +88,14 @@ class ReinforcementLearning:
             advantages = advantages * truncated_importance_weights(rollout.trainer_logprobs, rollout.sampler_logprobs, config.tis_cap)
 
         def loss_of(module, batch: MicroBatch):
-            ref = reference_logprobs(self.reference, batch, config.temperature) if self.reference is not None else None
+            ref = None if self.reference is None else reference_logprobs(self.reference, batch, config.temperature, trainer.lm_head_dtype)
             loss, stats = module(batch, alpha, ref)
             return loss, {name: stats.get(name, 0.0) for name in LOGGED_STATS}
 
         result = optimizer_steps(trainer.trainable, trainer.optimizer, trainer.scheduler,
                                  self._mini_batches(rollout, advantages), loss_of, grad_clip=config.grad_clip,
-                                 all_finite=trainer.context.all_finite, device=trainer.device)
+                                 all_finite=trainer.context.all_finite, device=trainer.device,
+                                 compute_dtype=trainer.compute_dtype)
         return {"reward_mean": float(rewards.mean()), **result}
 
     def _mini_batches(self, rollout: Rollout, advantages: torch.Tensor) -> list[list[WeightedBatch]]:

@@ -35,7 +35,7 @@ class RejectionSamplingSFT(UnitMethod):
 
     def loss(self, model, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """``-sum_s sum_t log pi(y_st | x_s, y_s<t)``: the negative log-likelihood summed over the batch's tokens."""
-        return -sequence_logprobs(model, batch).sum(), {}
+        return -sequence_logprobs(model, batch, self.trainer.lm_head_dtype).sum(), {}
 
     def normaliser(self, units: list[TrainingUnit]) -> int:
         return sum(len(unit.responses[0]) for unit in units)

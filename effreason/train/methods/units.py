@@ -19,7 +19,7 @@ from effreason.losses import segment_sum
 from effreason.ops import fused_logprobs
 from effreason.train.packing import MicroBatch, build_micro_batch, plan_micro_batches
 from effreason.train.rollout import Rollout
-from effreason.train.step import WeightedBatch, optimizer_steps, packed_hidden_states
+from effreason.train.step import WeightedBatch, lm_head_inputs, optimizer_steps
 
 
 @dataclass
@@ -74,14 +74,14 @@ def pack_units(units: list[TrainingUnit], rows_per_unit: int, token_budget: int,
     ]
 
 
-def sequence_logprobs(model, batch: MicroBatch) -> torch.Tensor:
+def sequence_logprobs(model, batch: MicroBatch, lm_head_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``log pi(y_s | x_s) = sum_t log softmax(z_t)[y_t]`` over each row's response tokens, (S,) float32.
 
     The fused LM-head op of the RL loss (``effreason.ops.fused_logprobs``), so the (N, V) logits
-    never exist; differentiable.
+    never exist; differentiable. ``lm_head_dtype``: as :func:`effreason.train.step.lm_head_inputs`.
     """
-    hidden = packed_hidden_states(model, batch)  # (N, H)
-    token_logprobs = fused_logprobs(hidden, model.lm_head.weight, batch.targets, 1.0)  # (N,)
+    hidden, weight = lm_head_inputs(model, batch, lm_head_dtype)  # (N, H), (V, H)
+    token_logprobs = fused_logprobs(hidden, weight, batch.targets, 1.0)  # (N,)
     return segment_sum(token_logprobs.float(), batch.cu_seqlens)  # (S,)
 
 
@@ -135,7 +135,8 @@ class UnitMethod:
                         for _ in range(config.baseline_epochs) for mini_batch in split_evenly(units, config.mini_batches)]
         result = optimizer_steps(trainer.trainable, trainer.optimizer, trainer.scheduler, mini_batches,
                                  lambda module, batch: module(batch), grad_clip=config.grad_clip,
-                                 all_finite=trainer.context.all_finite, device=trainer.device)
+                                 all_finite=trainer.context.all_finite, device=trainer.device,
+                                 compute_dtype=trainer.compute_dtype)
         result["units"] = len(units)
         for index, name in enumerate(self.response_names):
             result[f"{name}_tokens"] = sum(len(u.responses[index]) for u in units) / len(units) if units else None
