@@ -92,6 +92,7 @@ class TrainConfig:
     cpu_threads: int = _option(0, "torch CPU threads per process; 0 = auto (1 for models under 20M parameters, where threading overhead dominates; else torch's default)")
     device: str = _option("auto", "device", choices=DEVICES)
     dtype: str = _option("auto", "compute dtype of the forward and backward passes (auto: bfloat16 on CUDA, float32 on CPU); parameters, gradients and AdamW state stay float32 (master weights), model/ is exported in this dtype", choices=DTYPES)
+    packed_forward: bool | None = _option(None, "training forward padding-free: a micro-batch's sequences in one row, positions restarting per sequence (flash-attn varlen when installed, else SDPA with a block-causal mask); default: on with CUDA, off on the CPU")
     gradient_checkpointing: bool | None = _option(None, "recompute each decoder layer's activations in backward instead of keeping them (default: on with CUDA, off on the CPU)")
     fp32_lm_head: bool = _option(False, "compute the LM head of the loss in float32 whatever --dtype (ScaleRL, MiniMax-M1: steadier RL)")
     quiet: bool = _option(False, "logs only, no progress bar")

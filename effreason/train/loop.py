@@ -17,6 +17,7 @@ policy, checkpoints and resume, the evaluation and the run folder are this file'
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -111,8 +112,11 @@ class Trainer:
         # float32 master weights whatever the compute dtype: AdamW steps of 5e-6 would round away in bf16
         self.model, self.tokenizer, _ = load_checkpoint(resume_from or config.model, device=self.device, dtype=torch.float32)
         self.model.train()
-        if config.gradient_checkpointing or (config.gradient_checkpointing is None and self.device.type == "cuda"):
+        if self._on_with_cuda(config.gradient_checkpointing):
             _enable_activation_checkpointing(self.model)
+        self.packed_forward = self._on_with_cuda(config.packed_forward)
+        if self.packed_forward and self.device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+            self.model.set_attn_implementation("flash_attention_2")  # varlen attention over the packed rows
         _set_cpu_threads(self.model, config.cpu_threads)
         self.task = build_task(config)
         self.stop_token_ids = stop_token_ids(self.model, self.tokenizer)
@@ -133,6 +137,10 @@ class Trainer:
         self.controller = self._controller()
         self.log(f"effreason.train: {config.method} on the {self.task.name} task, rollouts via {self.engine.backend}, "
                  f"loss via fused ops, {self.context.world_size} process(es) on {self.device}, run folder {self.run_dir}")
+
+    def _on_with_cuda(self, setting: bool | None) -> bool:
+        """A ``bool | None`` switch: as given, or None = on with CUDA, off on the CPU."""
+        return self.device.type == "cuda" if setting is None else setting
 
     def load_reference(self):
         """A frozen copy of the starting model (``--model``, not a resumed checkpoint): KL and DPO's reference."""

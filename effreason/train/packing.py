@@ -1,7 +1,9 @@
 """Rollout sequences -> micro-batches bounded by a token budget, whole prompt groups each.
 
-A micro-batch is a right-padded (B, L) batch of ``prompt + response[:-1]`` rows (the last
-response token is never an input). The hidden state at position ``t`` predicts token
+A micro-batch holds ``prompt + response[:-1]`` rows (the last response token is never an
+input), either right-padded into (B, L) with an attention mask, or packed padding-free into one
+(1, T) row whose ``position_ids`` restart at 0 for each row: transformers then keeps each row's
+attention within the row (flash-attn varlen where installed, a block-causal mask with SDPA). The hidden state at position ``t`` predicts token
 ``t + 1``, so response token ``i`` of row ``b`` is predicted at ``P_b - 1 + i``; those
 positions are gathered into the packed (N, H) layout of the loss ops, sequence after
 sequence, with ``cu_seqlens`` marking the boundaries. The budget bounds ``B * L`` (padded
@@ -21,14 +23,15 @@ import torch
 class MicroBatch:
     """Model inputs and packed loss inputs of whole groups.
 
-    input_ids, attention_mask: (B, L); gather_index: (N,) flat indices into (B * L);
+    input_ids: (B, L), attention_mask (B, L) padded, or input_ids and position_ids (1, T) packed (no
+    attention mask); gather_index: (N,) flat indices into the input positions;
     targets: (N,) response tokens; cu_seqlens: (B + 1,); old_logprobs, sampler_logprobs: (N,);
     correct: (B,) bool; advantages: (B,) float32; sequence_slice: the rows of the rollout it holds;
     whole_groups: it holds complete prompt groups (the paper's reward can be computed inside the loss).
     """
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
     gather_index: torch.Tensor
     targets: torch.Tensor
     cu_seqlens: torch.Tensor
@@ -37,6 +40,7 @@ class MicroBatch:
     advantages: torch.Tensor
     sequence_slice: slice
     whole_groups: bool = True
+    position_ids: torch.Tensor | None = None
 
     @property
     def num_sequences(self) -> int:
@@ -47,8 +51,9 @@ class MicroBatch:
         return self.targets.numel()
 
     def to(self, device) -> "MicroBatch":
-        moved = {name: getattr(self, name).to(device) for name in
-                 ("input_ids", "attention_mask", "gather_index", "targets", "cu_seqlens", "old_logprobs", "correct", "advantages")}
+        moved = {name: None if getattr(self, name) is None else getattr(self, name).to(device) for name in
+                 ("input_ids", "attention_mask", "gather_index", "targets", "cu_seqlens", "old_logprobs", "correct",
+                  "advantages", "position_ids")}
         return MicroBatch(**moved, sequence_slice=self.sequence_slice, whole_groups=self.whole_groups)
 
 
@@ -97,19 +102,16 @@ def build_micro_batch(
     rows: slice,
     pad_token_id: int,
     group_size: int = 1,
+    *,
+    packed: bool = False,
 ) -> MicroBatch:
-    """The :class:`MicroBatch` of rollout rows ``rows`` (every response non-empty)."""
+    """The :class:`MicroBatch` of rollout rows ``rows`` (every response non-empty), padded or ``packed``."""
     row_prompts, row_responses = prompts[rows], responses[rows]
     inputs = [p + r[:-1] for p, r in zip(row_prompts, row_responses)]
-    width = max(len(row) for row in inputs)
-    input_ids = torch.full((len(inputs), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(inputs), width), dtype=torch.long)
-    gather = []
-    for b, (row, prompt, response) in enumerate(zip(inputs, row_prompts, row_responses)):
-        input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[b, : len(row)] = 1
-        first = b * width + len(prompt) - 1
-        gather.append(torch.arange(first, first + len(response)))
+    layout = _packed_layout(inputs) if packed else _padded_layout(inputs, pad_token_id)
+    input_ids, attention_mask, position_ids, row_starts = layout
+    gather = [torch.arange(start + len(prompt) - 1, start + len(prompt) - 1 + len(response))
+              for start, prompt, response in zip(row_starts, row_prompts, row_responses)]
     lengths = torch.tensor([len(r) for r in row_responses], dtype=torch.long)
     cu_seqlens = torch.zeros(len(inputs) + 1, dtype=torch.int32)
     cu_seqlens[1:] = torch.cumsum(lengths, 0)
@@ -124,4 +126,26 @@ def build_micro_batch(
         advantages=advantages[rows],
         sequence_slice=rows,
         whole_groups=rows.start % group_size == 0 and (rows.stop - rows.start) % group_size == 0,
+        position_ids=position_ids,
     )
+
+
+def _padded_layout(inputs: list[list[int]], pad_token_id: int):
+    """Right-padded (B, L) ids and mask; row b starts at flat position ``b * L``."""
+    width = max(len(row) for row in inputs)
+    input_ids = torch.full((len(inputs), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(inputs), width), dtype=torch.long)
+    for b, row in enumerate(inputs):
+        input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[b, : len(row)] = 1
+    return input_ids, attention_mask, None, [b * width for b in range(len(inputs))]
+
+
+def _packed_layout(inputs: list[list[int]]):
+    """One (1, T) row of the inputs back to back, positions restarting per input; no mask."""
+    starts = [0]
+    for row in inputs[:-1]:
+        starts.append(starts[-1] + len(row))
+    input_ids = torch.tensor([[token for row in inputs for token in row]], dtype=torch.long)
+    position_ids = torch.tensor([[position for row in inputs for position in range(len(row))]], dtype=torch.long)
+    return input_ids, None, position_ids, starts

@@ -25,7 +25,8 @@ WeightedBatch = tuple[MicroBatch, float]
 
 def packed_hidden_states(model, batch: MicroBatch) -> torch.Tensor:
     """Final hidden states at the response-predicting positions, packed: (N, H)."""
-    hidden = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state  # (B, L, H)
+    hidden = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                         use_cache=False).last_hidden_state  # (B, L, H) padded, (1, T, H) packed
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.gather_index)
 
 

@@ -177,7 +177,7 @@ def unit_trainer(model, tokenizer, method_class, token_budget: int = 4096, **set
     """The parts of a ``Trainer`` a unit method uses, around ``model`` on one process."""
     config = TrainConfig(mini_batches=1, micro_batch_tokens=token_budget, grad_clip=1.0, **settings)
     trainer = SimpleNamespace(config=config, model=model, context=DistributedContext(), device="cpu",
-                              pad_token_id=tokenizer.pad_token_id, compute_dtype=torch.float32, lm_head_dtype=None,
+                              pad_token_id=tokenizer.pad_token_id, compute_dtype=torch.float32, lm_head_dtype=None, packed_forward=False,
                               load_reference=lambda: fresh_copy_of(model).requires_grad_(False))
     method = method_class(trainer)
     trainer.trainable = method.module

@@ -117,3 +117,24 @@ def test_policy_loss_matches_reference_on_logprobs(tiny_model):
     torch.testing.assert_close(loss.to(expected.dtype), expected)
     logprobs = token_logprobs(hidden, tiny_model.lm_head.weight, batch.targets, 0.7)
     assert logprobs.shape == batch.targets.shape
+
+
+@pytest.mark.parametrize("paper_objective", [True, False])
+def test_packed_and_padded_forwards_give_the_same_loss_and_gradients(tiny_model, paper_objective):
+    """One (1, T) row with restarting positions equals the right-padded (B, L) batch (float32, 1e-5)."""
+    prompts, responses, old = _rollout(6, seed=5)
+    correct = torch.tensor([True, False, True, True, False, True])
+    advantages = torch.linspace(-1, 1, 6)
+    policy = PolicyLoss(tiny_model, group_size=2, paper_objective=paper_objective,
+                        loss_options=dict(clip_eps=(0.2, 0.2), loss_agg="seq-mean-token-mean"), temperature=1.0)
+    results = []
+    for packed in (False, True):
+        tiny_model.zero_grad()
+        batch = build_micro_batch(prompts, responses, old, correct, advantages, slice(0, 6), 1, 2, packed=packed)
+        loss, _ = policy(batch, alpha=0.3)
+        loss.backward()
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in tiny_model.parameters()])))
+    (padded_loss, padded_grad), (packed_loss, packed_grad) = results
+    assert batch.input_ids.shape[0] == 1 and batch.attention_mask is None
+    torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(packed_grad, padded_grad, rtol=1e-5, atol=1e-6)

@@ -112,7 +112,8 @@ class ReinforcementLearning:
             plans = plan_micro_batches(row_lengths[start:start + rows_per_mini], config.group_size, config.micro_batch_tokens)
             batches = [
                 build_micro_batch(rollout.prompts, rollout.responses, rollout.trainer_logprobs, rollout.correct, advantages,
-                                  slice(start + plan.start, start + plan.stop), pad, config.group_size)
+                                  slice(start + plan.start, start + plan.stop), pad, config.group_size,
+                                  packed=self.trainer.packed_forward)
                 for plan in plans
             ]
             mini_batches.append([(batch, micro_batch_share(batch, batches, config.loss_agg)) for batch in batches])

@@ -58,7 +58,8 @@ def longest_correct(group: SampledGroup) -> list[int] | None:
     return max(correct, key=len) if correct else None
 
 
-def pack_units(units: list[TrainingUnit], rows_per_unit: int, token_budget: int, pad_token_id: int) -> list[MicroBatch]:
+def pack_units(units: list[TrainingUnit], rows_per_unit: int, token_budget: int, pad_token_id: int, *,
+               packed: bool = False) -> list[MicroBatch]:
     """Units flattened to rows (a unit's responses consecutive) and packed into micro-batches of whole
     units, ``rows * longest_row <= token_budget`` (``effreason.train.packing``; the RL-only fields of
     ``MicroBatch`` are filled with zeros)."""
@@ -69,7 +70,8 @@ def pack_units(units: list[TrainingUnit], rows_per_unit: int, token_budget: int,
     unused_correct = torch.ones(len(responses), dtype=torch.bool)
     unused_advantages = torch.zeros(len(responses), dtype=torch.float32)
     return [
-        build_micro_batch(prompts, responses, unused_logprobs, unused_correct, unused_advantages, rows, pad_token_id)
+        build_micro_batch(prompts, responses, unused_logprobs, unused_correct, unused_advantages, rows, pad_token_id,
+                          packed=packed)
         for rows in plan_micro_batches(row_lengths, rows_per_unit, token_budget)
     ]
 
@@ -147,5 +149,6 @@ class UnitMethod:
         context, config = self.trainer.context, self.trainer.config
         share = units[context.rank::context.world_size]
         weight = context.world_size / self.normaliser(units) if share else 0.0
-        batches = pack_units(share or units[:1], len(self.response_names), config.micro_batch_tokens, self.trainer.pad_token_id)
+        batches = pack_units(share or units[:1], len(self.response_names), config.micro_batch_tokens, self.trainer.pad_token_id,
+                             packed=self.trainer.packed_forward)
         return [(batch, weight) for batch in batches]
