@@ -18,6 +18,7 @@ from effreason.advantages import ADVANTAGE_ESTIMATORS
 from effreason.data import SPEC_HELP
 from effreason.data.scoring import DEFAULT_ANSWER_KIND
 from effreason.grading import ANSWER_KINDS
+from effreason.train.distributed import DATA_PARALLEL
 from effreason.train.methods import METHODS
 from effreason.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS
 
@@ -91,6 +92,7 @@ class TrainConfig:
     max_bad_steps: int = _option(3, "consecutive non-finite losses before the run aborts")
     cpu_threads: int = _option(0, "torch CPU threads per process; 0 = auto (1 for models under 20M parameters, where threading overhead dominates; else torch's default)")
     device: str = _option("auto", "device", choices=DEVICES)
+    data_parallel: str = _option("auto", "under torchrun: ddp (replicated), fsdp2 (sharded), or auto (fsdp2 on CUDA, ddp on the CPU)", choices=DATA_PARALLEL)
     dtype: str = _option("auto", "compute dtype of the forward and backward passes (auto: bfloat16 on CUDA, float32 on CPU); parameters, gradients and AdamW state stay float32 (master weights), model/ is exported in this dtype", choices=DTYPES)
     packed_forward: bool | None = _option(None, "training forward padding-free: a micro-batch's sequences in one row, positions restarting per sequence (flash-attn varlen when installed, else SDPA with a block-causal mask); default: on with CUDA, off on the CPU")
     gradient_checkpointing: bool | None = _option(None, "recompute each decoder layer's activations in backward instead of keeping them (default: on with CUDA, off on the CPU)")
@@ -131,7 +133,8 @@ class TrainConfig:
             raise ValueError("target_token_ratio controls the paper reward's alpha: use it with --reward paper")
         if self.length_budget is not None:
             _require_int("length_budget", self.length_budget, minimum=1)
-        for name in ("method", "reward", "advantage", "loss_agg", "kl_estimator", "device", "dtype", "answer_kind", "rollout_backend"):
+        for name in ("method", "reward", "advantage", "loss_agg", "kl_estimator", "device", "dtype", "answer_kind", "rollout_backend",
+                     "data_parallel"):
             choices = _field_choices(name)
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")

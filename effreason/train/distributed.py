@@ -1,4 +1,5 @@
-"""Data parallelism under ``torchrun``: DDP with gloo on CPU, FSDP2 with NCCL on GPUs.
+"""Data parallelism under ``torchrun``: by default DDP with gloo on CPU, FSDP2 with NCCL on GPUs
+(``--data-parallel fsdp2`` shards on the CPU too, with gloo: how FSDP2 is tested without a GPU).
 
 Each rank samples whole prompt groups (its contiguous share of the step's prompts), so the
 paper's group statistics never cross ranks; gradients are averaged by the wrapper and metrics
@@ -16,11 +17,15 @@ import torch
 import torch.distributed as dist
 
 
+DATA_PARALLEL = ("auto", "ddp", "fsdp2")
+
+
 @dataclass
 class DistributedContext:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    sharded: bool = False  # FSDP2 (parameters, gradients and optimizer state sharded) rather than DDP
 
     @property
     def enabled(self) -> bool:
@@ -71,8 +76,11 @@ class DistributedContext:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
 
-def setup(device: torch.device) -> DistributedContext:
-    """Join the process group when launched by ``torchrun`` (gloo on CPU, NCCL on CUDA)."""
+def setup(device: torch.device, data_parallel: str = "auto") -> DistributedContext:
+    """Join the process group when launched by ``torchrun`` (gloo on CPU, NCCL on CUDA); ``data_parallel``:
+    ``auto`` (FSDP2 on CUDA, DDP on the CPU), ``ddp`` or ``fsdp2``."""
+    if data_parallel not in DATA_PARALLEL:
+        raise ValueError(f"data_parallel must be one of {DATA_PARALLEL}, got {data_parallel!r}")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistributedContext(device=device)
@@ -82,7 +90,8 @@ def setup(device: torch.device) -> DistributedContext:
         device = torch.device("cuda", local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
+    sharded = data_parallel == "fsdp2" or (data_parallel == "auto" and device.type == "cuda")
+    return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, sharded=sharded)
 
 
 def teardown(context: DistributedContext) -> None:
@@ -91,14 +100,14 @@ def teardown(context: DistributedContext) -> None:
 
 
 def wrap_policy(policy: torch.nn.Module, context: DistributedContext, compute_dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """DDP on CPU; FSDP2 (``fully_shard`` per decoder layer, then the root) on CUDA; as-is alone.
+    """DDP, or FSDP2 (``fully_shard`` per decoder layer, then the root) when ``context.sharded``; as-is alone.
 
     Under FSDP2 the float32 master parameters are gathered in ``compute_dtype`` and gradients reduced
     in float32 (``MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=float32)``).
     """
     if not context.enabled:
         return policy
-    if context.device.type != "cuda":
+    if not context.sharded:
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(policy)
@@ -115,7 +124,7 @@ def wrap_policy(policy: torch.nn.Module, context: DistributedContext, compute_dt
 def gathered_for_sampling(policy: torch.nn.Module, context: DistributedContext):
     """Full parameters on every rank while the sampler runs (FSDP2 unshard/reshard; no-op otherwise)."""
     sharded = [m for m in policy.modules() if hasattr(m, "unshard") and hasattr(m, "reshard")]
-    if not context.enabled or context.device.type != "cuda" or not sharded:
+    if not context.enabled or not context.sharded or not sharded:
         yield
         return
     for module in sharded:
@@ -129,7 +138,7 @@ def gathered_for_sampling(policy: torch.nn.Module, context: DistributedContext):
 
 def full_model_state(model: torch.nn.Module, context: DistributedContext) -> dict:
     """The model's full state dict (gathered from FSDP2 shards on CUDA), on CPU."""
-    if context.enabled and context.device.type == "cuda":
+    if context.enabled and context.sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -138,17 +147,28 @@ def full_model_state(model: torch.nn.Module, context: DistributedContext) -> dic
 
 def full_optimizer_state(model: torch.nn.Module, optimizer, context: DistributedContext) -> dict:
     """The optimizer state to checkpoint (full state dict under FSDP2)."""
-    if context.enabled and context.device.type == "cuda":
+    if context.enabled and context.sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return optimizer.state_dict()
 
 
+def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict, context: DistributedContext) -> None:
+    """Restore a checkpoint's optimizer state: the full, name-keyed state dict of :func:`full_optimizer_state`
+    is sharded back onto FSDP2's parameters (``set_optimizer_state_dict``); elsewhere a plain load."""
+    if context.enabled and context.sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
+        return
+    optimizer.load_state_dict(state)
+
+
 def parameters_in_sync(model: torch.nn.Module, context: DistributedContext) -> bool:
     """Whether every rank holds the same weights (DDP), by comparing float64 fingerprints
     ``(sum w, sum w^2, sum i * w)`` of each parameter across ranks; True on one process or under FSDP2."""
-    if not context.enabled or context.device.type == "cuda":
+    if not context.enabled or context.sharded:
         return True
     rows = []
     for parameter in model.parameters():

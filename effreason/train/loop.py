@@ -55,7 +55,7 @@ def run(config: TrainConfig) -> Path:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-    context = distributed.setup(pick_device(config.device))
+    context = distributed.setup(pick_device(config.device), config.data_parallel)
     try:
         return Trainer(config, context).run()
     finally:
@@ -156,7 +156,7 @@ class Trainer:
 
     def _restore(self, folder: Path) -> None:
         saved = checkpoints.load_training_state(folder)
-        self.optimizer.load_state_dict(saved["optimizer"])
+        distributed.load_optimizer_state(self.model, self.optimizer, saved["optimizer"], self.context)
         self.scheduler.load_state_dict(saved["scheduler"])
         checkpoints.restore_rng_states(saved["rng"])
         self.state = saved["state"]
