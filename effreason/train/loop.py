@@ -37,7 +37,7 @@ from effreason.train.packing import build_micro_batch, plan_micro_batches
 from effreason.train.plots import plot_accuracy_vs_tokens, plot_training_curves
 from effreason.train.run_folder import cleanup_if_no_step, default_run_dir
 from effreason.train.rollout import RolloutEngine, SamplingParams
-from effreason.train.scoring import rewards_and_advantages, truncated_importance_weights
+from effreason.train.scoring import rewards_and_advantages, truncated_importance_weights, uses_fused_reward
 from effreason.train.step import PolicyLoss, train_on_rollout
 
 logger = logging.getLogger("effreason.train")
@@ -150,7 +150,7 @@ class Trainer:
         self.pad_token_id = pad
         self.engine = RolloutEngine(self.model, pad_token_id=pad, max_batch_prompts=config.eval_batch_size,
                                     backend=config.rollout_backend)
-        paper_objective = config.reward == "paper" and config.advantage == "rloo" and config.tis_cap == 0
+        paper_objective = uses_fused_reward(config) and config.tis_cap == 0
         loss_options = dict(
             kl_coef=config.kl_coef, kl_estimator=config.kl_estimator, kl_in_reward=config.kl_in_reward,
             clip_eps=config.clip_eps, loss_agg=config.loss_agg,
