@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from effreason.rewards._inputs import per_sample
-from effreason.rewards.registry import RewardInputs, RewardOption, fraction, register_reward
+from effreason.rewards.registry import RewardInputs, RewardOption, check_fraction, register_reward
 
 DAPO_CACHE_FRACTION = RewardOption(
     "dapo_cache_fraction", 0.25,
     "soft-punishment window L_cache as a fraction of the budget L_max, in (0, 1]; the default is "
     "4096 / 16384, DAPO's cache over its expected length (their L_max of 20480 gives 0.2)",
-    check=fraction,
+    check=check_fraction,
 )
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from effreason.rewards._inputs import grouped
-from effreason.rewards.registry import RewardInputs, RewardOption, non_negative, register_reward
+from effreason.rewards.registry import RewardInputs, RewardOption, check_non_negative, register_reward
 
 KIMI_WEIGHT = RewardOption(
     "kimi_weight", 1.0,
     "weight of the length reward added to the 0/1 correctness reward (Kimi k1.5 sec. 2.3.3: 'a weighting parameter')",
-    check=non_negative,
+    check=check_non_negative,
 )
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from effreason._validation import check_lengths
+from effreason._validation import check_lengths, check_unit_interval
 from effreason.rewards._inputs import per_sample
-from effreason.rewards.registry import RewardInputs, RewardOption, non_negative, register_reward, unit_interval
+from effreason.rewards.registry import RewardInputs, RewardOption, check_non_negative, register_reward
 
 L1_BETA = RewardOption("l1_beta", 3e-4, "reward lost per token of distance to the budget (L1's alpha, eq. 1 and 2)",
-                       check=non_negative)
+                       check=check_non_negative)
 L1_DELTA = RewardOption("l1_delta", 0.5, "reward of a correct answer exactly at the budget, in [0, 1] (L1's delta, eq. 2)",
-                        check=unit_interval)
+                        check=check_unit_interval)
 
 
 def _check_targets(target_lengths: torch.Tensor, size: int) -> torch.Tensor:

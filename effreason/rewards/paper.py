@@ -6,12 +6,12 @@ import torch
 
 from effreason._validation import check_unit_interval
 from effreason.rewards._inputs import grouped
-from effreason.rewards.registry import RewardInputs, RewardOption, register_reward, unit_interval
+from effreason.rewards.registry import RewardInputs, RewardOption, register_reward
 
 STD_EPS = 1e-7
 """The epsilon added to the population std in the paper's reward (reference code)."""
 
-ALPHA = RewardOption("alpha", 0.2, "length penalty strength, in [0, 1]", check=unit_interval)
+ALPHA = RewardOption("alpha", 0.2, "length penalty strength, in [0, 1]", check=check_unit_interval)
 
 
 def length_penalized_reward(

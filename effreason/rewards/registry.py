@@ -3,9 +3,9 @@
 A reward is one function of the rollout's :class:`RewardInputs` and its own options, registered
 with the options it reads::
 
-    SCALE = RewardOption("toy_scale", 1.0, "length penalty per token (Doe 2025, eq. 3)", check=non_negative)
+    SCALE = RewardOption("toy_scale", 1.0, "reward lost per token (its paper, eq. N)", check=check_non_negative)
 
-    @register_reward("toy", source="Doe 2025", options=(SCALE,))
+    @register_reward("toy", source="its paper", options=(SCALE,))
     def toy(inputs: RewardInputs, *, toy_scale: float) -> torch.Tensor:
         return inputs.correct.float() - toy_scale * inputs.lengths.float()  # (S,)
 
@@ -45,19 +45,13 @@ class RewardInputs:
     budget: int
 
 
-def non_negative(name: str, value) -> None:
+def check_non_negative(name: str, value) -> None:
     """Require a finite real number >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-def unit_interval(name: str, value) -> None:
-    """Require a real number in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-
-
-def fraction(name: str, value) -> None:
+def check_fraction(name: str, value) -> None:
     """Require a real number in (0, 1]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
@@ -67,14 +61,15 @@ def fraction(name: str, value) -> None:
 class RewardOption:
     """One option of a reward: the ``TrainConfig`` field ``name`` (flag ``--name-in-kebab-case``).
 
-    ``default`` is the value of the reward's paper (its type is the field's type); ``help`` says what
-    it is and where it comes from; ``check(name, value)`` raises ``ValueError`` naming the option.
+    ``default`` is the paper's value where it gives one (its type is the field's type); ``help`` says
+    what it is and where it comes from; ``check(name, value)`` raises ``ValueError`` naming the option
+    (``check_non_negative``, ``check_fraction``, ``effreason._validation.check_unit_interval``).
     """
 
     name: str
     default: float
     help: str
-    check: Callable[[str, object], None]
+    check: Callable[[str, object], object]
 
 
 @dataclass(frozen=True)

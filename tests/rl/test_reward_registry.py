@@ -6,8 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from effreason._validation import check_unit_interval
 from effreason.rewards import REWARDS, RewardInputs, RewardOption, register_reward, reward_options, rewards_using
-from effreason.rewards.registry import fraction, non_negative, unit_interval
+from effreason.rewards.registry import check_fraction, check_non_negative
 from effreason.train.scoring import rewards_and_advantages, sequence_rewards
 
 
@@ -66,9 +67,9 @@ def test_option_values_prefer_live_values():
 @pytest.mark.parametrize(
     "check, good, bad, message",
     [
-        (non_negative, [0, 0.0, 2.5], [-1e-9, math.inf, math.nan, True, "1"], "opt must be a finite number >= 0"),
-        (unit_interval, [0, 0.5, 1], [-0.1, 1.1, math.nan, False], r"opt must be a number in \[0, 1\]"),
-        (fraction, [1e-9, 1], [0, 1.5, None], r"opt must be a number in \(0, 1\]"),
+        (check_non_negative, [0, 0.0, 2.5], [-1e-9, math.inf, math.nan, True, "1"], "opt must be a finite number >= 0"),
+        (check_unit_interval, [0, 0.5, 1], [-0.1, 1.1, math.nan, False], r"opt must be a number in \[0, 1\]"),
+        (check_fraction, [1e-9, 1], [0, 1.5, None], r"opt must be a number in \(0, 1\]"),
     ],
 )
 def test_option_checks_name_the_option(check, good, bad, message):
@@ -91,7 +92,7 @@ def registry_scratch():
     REWARDS.update(before)
 
 
-SHORTEST_BONUS = RewardOption("shortest_bonus", 0.5, "bonus of the group's shortest correct answer", check=non_negative)
+SHORTEST_BONUS = RewardOption("shortest_bonus", 0.5, "bonus of the group's shortest correct answer", check=check_non_negative)
 
 
 def test_a_toy_reward_is_one_function_plus_its_registration(registry_scratch):
@@ -119,7 +120,7 @@ def test_registration_errors(registry_scratch):
         def misnamed(inputs, *, scale):
             return inputs.correct.float()
 
-    other_beta = RewardOption("l1_beta", 1.0, "another beta", check=non_negative)
+    other_beta = RewardOption("l1_beta", 1.0, "another beta", check=check_non_negative)
     with pytest.raises(ValueError, match="option 'l1_beta' is already registered"):
         @register_reward("clash", source="a test", options=(other_beta,))
         def clash(inputs, *, l1_beta):

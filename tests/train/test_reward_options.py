@@ -119,9 +119,9 @@ def test_a_reward_registered_before_the_config_is_built_gets_its_flag():
     script = textwrap.dedent("""
         import torch
         from effreason.rewards import RewardInputs, RewardOption, register_reward
-        from effreason.rewards.registry import non_negative
+        from effreason.rewards.registry import check_non_negative
 
-        SCALE = RewardOption("toy_scale", 1.0, "reward lost per token", check=non_negative)
+        SCALE = RewardOption("toy_scale", 1.0, "reward lost per token", check=check_non_negative)
 
         @register_reward("toy", source="a test", options=(SCALE,))
         def toy(inputs: RewardInputs, *, toy_scale: float) -> torch.Tensor:
