@@ -36,6 +36,11 @@ def _reward_option_field(option: RewardOption) -> tuple:
     return option.name, type(option.default), _option(option.default, help_text)
 
 
+def _reward_help() -> str:
+    """Help of ``--reward``: every registered reward with its source."""
+    return "sequence reward: " + "; ".join(f"{reward.name} ({reward.source})" for reward in REWARDS.values())
+
+
 RewardOptions = dataclasses.make_dataclass("RewardOptions", [_reward_option_field(option) for option in reward_options()])
 """One field per option of the registered rewards (``alpha``, ``kimi_weight``, ``l1_beta``, ...), default its paper's."""
 
@@ -53,7 +58,7 @@ class TrainConfig(RewardOptions):
     resume: str | None = _option(None, "resume the run in this folder from its last checkpoint (its saved config is used)")
     seed: int = _option(0, "seed of data order, sampling and initialisation; fixed seed + CPU = deterministic")
 
-    reward: str = _option("paper", "sequence reward; its options are the reward options below", choices=tuple(REWARDS))
+    reward: str = _option("paper", _reward_help(), choices=tuple(REWARDS))
     advantage: str = _option("rloo", "advantage estimator", choices=tuple(ADVANTAGE_ESTIMATORS))
     target_token_ratio: float | None = _option(None, "adjust alpha online so the mean response length approaches this fraction of the warm start's (e.g. 0.6)")
     length_budget: int | None = _option(None, "token budget of l1-exact/l1-max (n_gold) and dapo-overlong (L_max); default --max-new-tokens")

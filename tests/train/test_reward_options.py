@@ -26,7 +26,9 @@ def _flags(parser) -> dict:
 
 
 def test_reward_choices_are_exactly_the_registry():
-    assert tuple(_flags(build_parser())["--reward"].choices) == tuple(REWARDS)
+    reward_flag = _flags(build_parser())["--reward"]
+    assert tuple(reward_flag.choices) == tuple(REWARDS)
+    assert all(f"{name} ({reward.source})" in reward_flag.help for name, reward in REWARDS.items())
     for name in REWARDS:
         assert config_from_args(["--reward", name]).reward == name
 
