@@ -1,7 +1,9 @@
 """``TrainConfig``: every setting of ``python -m effreason.train``, validated on construction.
 
 The command-line flags are generated from the fields (``--group-size`` for ``group_size``,
-help text from the field metadata), so the dataclass and the CLI never drift apart. A
+help text from the field metadata), so the dataclass and the CLI never drift apart. The
+options of the registered rewards (``effreason.rewards``: ``alpha``, ``kimi_weight``, ...) are
+fields too, generated from the registry (``RewardOptions``, the base class). A
 ``--preset`` (``paper-1.5b``, ``paper-7b``: the paper's hyperparameters, ``../shared/PAPER.md``)
 replaces the miniature defaults before the explicitly given flags are applied.
 """
@@ -21,8 +23,8 @@ from effreason.grading import ANSWER_KINDS
 from effreason.train.distributed import DATA_PARALLEL
 from effreason.train.methods import METHODS
 from effreason.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS
+from effreason.rewards import REWARDS, RewardOption, reward_options, rewards_using
 
-REWARDS = ("paper", "kimi", "dapo-overlong", "l1-exact", "l1-max")
 METHOD_NAMES = tuple(METHODS)
 DPO_DEFAULT_LR = 3e-5
 """DPO's learning rate when ``--lr`` is not given: the RL default (1e-4) collapses DPO's accuracy on the miniature."""
@@ -36,8 +38,23 @@ def _option(default, help_text: str, *, choices=None, flag: bool = True):
     return field(default=default, metadata={"help": help_text, "choices": choices, "flag": flag})
 
 
+def _reward_option_field(option: RewardOption) -> tuple:
+    """``(name, type, field)`` of a reward option, its help text led by the rewards that read it."""
+    help_text = f"{', '.join(rewards_using(option.name))}: {option.help}"
+    return option.name, type(option.default), _option(option.default, help_text)
+
+
+def _reward_help() -> str:
+    """Help of ``--reward``: every registered reward with its source."""
+    return "sequence reward: " + "; ".join(f"{reward.name} ({reward.source})" for reward in REWARDS.values())
+
+
+RewardOptions = dataclasses.make_dataclass("RewardOptions", [_reward_option_field(option) for option in reward_options()])
+"""One field per option of the registered rewards (``alpha``, ``kimi_weight``, ``l1_beta``, ...), default its paper's."""
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RewardOptions):
     """One training run. Defaults are the built-in miniature (toy task, shipped warm start, CPU)."""
 
     preset: str | None = _option(None, "start from a named preset (paper-1.5b, paper-7b) before applying other flags", choices=None)
@@ -50,8 +67,7 @@ class TrainConfig:
     resume: str | None = _option(None, "resume the run in this folder from its last checkpoint (its saved config is used)")
     seed: int = _option(0, "seed of data order, sampling and initialisation; fixed seed + CPU = deterministic")
 
-    alpha: float = _option(0.2, "length penalty strength of the paper's reward, in [0, 1]")
-    reward: str = _option("paper", "sequence reward", choices=REWARDS)
+    reward: str = _option("paper", _reward_help(), choices=tuple(REWARDS))
     advantage: str = _option("rloo", "advantage estimator", choices=tuple(ADVANTAGE_ESTIMATORS))
     target_token_ratio: float | None = _option(None, "adjust alpha online so the mean response length approaches this fraction of the warm start's (e.g. 0.6)")
     length_budget: int | None = _option(None, "token budget of l1-exact/l1-max (n_gold) and dapo-overlong (L_max); default --max-new-tokens")
@@ -100,7 +116,8 @@ class TrainConfig:
     quiet: bool = _option(False, "logs only, no progress bar")
 
     def __post_init__(self):
-        _require_in_unit("alpha", self.alpha)
+        for option in reward_options():
+            option.check(option.name, getattr(self, option.name))
         for name in ("group_size", "prompts_per_step", "mini_batches", "steps", "max_new_tokens", "max_prompt_tokens",
                      "micro_batch_tokens", "eval_max_new_tokens", "eval_batch_size", "checkpoint_every", "max_bad_steps",
                      "baseline_epochs"):
@@ -129,8 +146,8 @@ class TrainConfig:
             raise ValueError(f"tis_cap must be 0 (off) or >= 1, got {self.tis_cap}")
         if self.target_token_ratio is not None and not 0 < self.target_token_ratio <= 2:
             raise ValueError(f"target_token_ratio must be in (0, 2], got {self.target_token_ratio}")
-        if self.target_token_ratio is not None and self.reward != "paper":
-            raise ValueError("target_token_ratio controls the paper reward's alpha: use it with --reward paper")
+        if self.target_token_ratio is not None and self.reward not in rewards_using("alpha"):
+            raise ValueError(f"target_token_ratio controls alpha: use it with a reward that has alpha ({', '.join(rewards_using('alpha'))})")
         if self.length_budget is not None:
             _require_int("length_budget", self.length_budget, minimum=1)
         for name in ("method", "reward", "advantage", "loss_agg", "kl_estimator", "device", "dtype", "answer_kind", "rollout_backend",
@@ -233,14 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Length-penalised RL (Arora & Zanette 2025): train a reasoning model to answer with fewer tokens.",
         argument_default=argparse.SUPPRESS,
     )
+    reward_group = parser.add_argument_group("reward options", "settings of the rewards named before each; --reward picks one")
+    reward_fields = {config_field.name for config_field in dataclasses.fields(RewardOptions)}
     for config_field in dataclasses.fields(TrainConfig):
         help_text = f"{config_field.metadata['help']} (default: {config_field.default})"
+        group = reward_group if config_field.name in reward_fields else parser
         if config_field.name == "preset":
-            parser.add_argument(_flag_name("preset"), choices=tuple(PRESETS), help=help_text)
+            group.add_argument(_flag_name("preset"), choices=tuple(PRESETS), help=help_text)
         elif isinstance(config_field.default, bool) or str(config_field.type) == "bool | None":
-            parser.add_argument(_flag_name(config_field.name), action=argparse.BooleanOptionalAction, help=help_text)
+            group.add_argument(_flag_name(config_field.name), action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            parser.add_argument(
+            group.add_argument(
                 _flag_name(config_field.name),
                 type=_flag_type(config_field),
                 choices=config_field.metadata["choices"],

@@ -98,6 +98,7 @@ class Trainer:
             self._train_steps()
             after = self._evaluation("after")
             self._finish(before, after, time.perf_counter() - started)
+        self.context.barrier()  # every rank done before any tears the process group down (gloo aborts otherwise)
         return self.run_dir
 
     def _prepare_folder(self, resuming: bool) -> None:

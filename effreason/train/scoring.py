@@ -1,42 +1,40 @@
 """Rollout -> per-sequence rewards and advantages for the chosen ``--reward`` and ``--advantage``.
 
-``correct`` already includes the paper's rule that a truncated response is wrong. For the
-paper's reward with RLOO the fused loss recomputes the same numbers from ``correct`` and
-the lengths; these values are then only logged.
+The reward is looked up by name in ``effreason.rewards.REWARDS``; its options are the
+``TrainConfig`` fields it registered. ``correct`` already includes the paper's rule that a
+truncated response is wrong. Where the fused ops implement the reward with RLOO
+(``uses_fused_reward``), the fused loss recomputes the same numbers from ``correct`` and the
+lengths; the values computed here are then only logged.
 """
 
 from __future__ import annotations
 
 import torch
 
-from effreason import rewards as reward_functions
 from effreason.advantages import ADVANTAGE_ESTIMATORS
 from effreason.ops.segment import length_penalized_rloo
+from effreason.rewards import REWARDS, RewardInputs
 
-DAPO_CACHE_FRACTION = 0.25
-"""DAPO's soft-punishment window as a fraction of the budget (the DAPO paper: 4k of 20k)."""
+
+def uses_fused_reward(config) -> bool:
+    """Whether the fused ops compute ``config.reward`` and its advantage themselves: a reward whose
+    registry entry is ``fused`` (the paper's) with the RLOO advantage."""
+    return REWARDS[config.reward].fused and config.advantage == "rloo"
 
 
 def sequence_rewards(correct: torch.Tensor, lengths: torch.Tensor, config, alpha: float) -> torch.Tensor:
-    """(S,) float32 rewards of ``config.reward``; budgets (``l1-*``, ``dapo-overlong``) are ``config.budget``."""
-    lengths = lengths.to(torch.float64)
-    if config.reward == "paper":
-        return reward_functions.length_penalized_reward(correct, lengths, config.group_size, alpha)
-    if config.reward == "kimi":
-        return reward_functions.kimi_length_reward(correct, lengths, config.group_size)
-    if config.reward == "dapo-overlong":
-        cache = max(1, int(config.budget * DAPO_CACHE_FRACTION))
-        return reward_functions.dapo_overlong_reward(correct, lengths, config.budget, cache)
-    targets = torch.full_like(lengths, float(config.budget))
-    if config.reward == "l1-exact":
-        return reward_functions.l1_exact_reward(correct, lengths, targets)
-    return reward_functions.l1_max_reward(correct, lengths, targets)
+    """(S,) float32 rewards of ``config.reward`` with its options from ``config``; ``alpha`` is this
+    step's (the alpha controller moves it away from ``config.alpha``)."""
+    reward = REWARDS[config.reward]
+    inputs = RewardInputs(correct, lengths, config.group_size, config.budget)
+    return reward(inputs, **reward.option_values(config, alpha=alpha))
 
 
 def rewards_and_advantages(correct: torch.Tensor, lengths: torch.Tensor, config, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(S,) rewards and (S,) advantages of ``config.advantage`` over groups of ``config.group_size``."""
-    if config.reward == "paper" and config.advantage == "rloo":
-        return length_penalized_rloo(correct, lengths.to(torch.int64), config.group_size, alpha)
+    if uses_fused_reward(config):
+        options = REWARDS[config.reward].option_values(config, alpha=alpha)
+        return length_penalized_rloo(correct, lengths.to(torch.int64), config.group_size, **options)
     rewards = sequence_rewards(correct, lengths, config, alpha)
     return rewards, ADVANTAGE_ESTIMATORS[config.advantage](rewards, config.group_size)
 

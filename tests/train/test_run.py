@@ -50,19 +50,6 @@ def test_few_step_run_writes_the_run_folder(tiny_model_dir, toy_data_file, tmp_p
     assert "acc before" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(reward="kimi", advantage="grpo", loss_agg="token-mean"),
-    dict(kl_coef=0.01, kl_estimator="k1", kl_in_reward=True, tis_cap=2.0),
-    dict(target_token_ratio=0.5, reward="paper"),
-])
-def test_other_objectives_run(tiny_model_dir, toy_data_file, tmp_path, overrides):
-    out = tmp_path / "run"
-    config = config_from_args(tiny_run_flags(tiny_model_dir, toy_data_file, out, steps=2, eval_problems=0, **overrides))
-    run(config)
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 2 and all(m["skipped"] == 0 for m in metrics)
-
-
 def _fail_in(monkeypatch, method_name: str):
     def fail(*args, **kwargs):
         raise RuntimeError("boom")

@@ -15,7 +15,7 @@ import torch
 from effreason.ops import fused_logprobs, fused_policy_loss, fused_ppo_loss
 from effreason.train.packing import MicroBatch, build_micro_batch, plan_micro_batches
 from effreason.train.rollout import Rollout
-from effreason.train.scoring import rewards_and_advantages, truncated_importance_weights
+from effreason.train.scoring import rewards_and_advantages, truncated_importance_weights, uses_fused_reward
 from effreason.train.step import WeightedBatch, lm_head_inputs, optimizer_steps
 
 LOGGED_STATS = ("clip_fraction", "kl_mean", "entropy_mean")
@@ -70,7 +70,7 @@ class ReinforcementLearning:
     def __init__(self, trainer):
         config = trainer.config
         self.trainer = trainer
-        paper_objective = config.reward == "paper" and config.advantage == "rloo" and config.tis_cap == 0
+        paper_objective = uses_fused_reward(config) and config.tis_cap == 0
         loss_options = dict(
             kl_coef=config.kl_coef, kl_estimator=config.kl_estimator, kl_in_reward=config.kl_in_reward,
             clip_eps=config.clip_eps, loss_agg=config.loss_agg,
