@@ -236,7 +236,8 @@ class Trainer:
             "rollout_tokens_per_s": float(rollout.lengths.sum()) / max(rollout_s, 1e-9),
         })
         metrics["rollout_tokens_per_s"] *= self.context.world_size
-        metrics.update(step=state["step"] + 1, alpha=state["alpha"], lr=self.scheduler.get_last_lr()[0])
+        metrics.update(step=state["step"] + 1, alpha=state["alpha"], lr=self.scheduler.get_last_lr()[0],
+                       skipped=update["skipped"], optimizer_steps=update["optimizer_steps"])  # counts, the same on every rank
         self._after_update(update, metrics)
         return metrics
 
