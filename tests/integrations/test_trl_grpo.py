@@ -117,7 +117,7 @@ def test_compute_loss_matches_trl(loss_type, tokenizer, tmp_path):
     [
         ({"loss_type": "cispo"}, "loss_type='cispo'"),
         ({"loss_type": "grpo", "importance_sampling_level": "sequence"}, "importance_sampling_level='token'"),
-        ({"beta": 0.04}, "use_bias_correction_kl=False"),
+        ({"beta": 0.04, "use_bias_correction_kl": True}, "use_bias_correction_kl=False"),
         ({"top_entropy_quantile": 0.2}, "top_entropy_quantile=1.0"),
         ({"delta": 2.0}, "delta=None"),
         ({"entropy_coef": 0.01}, "entropy_coef=0.0"),
@@ -173,7 +173,7 @@ def test_two_training_steps_match_trl(warmstart_folder, tokenizer, tmp_path):
             assert_close(our_step["gradients"][name], gradient, f"step {step} {name}")
     their_log, our_log = theirs.state.log_history[0], ours.state.log_history[0]
     assert our_log["rewards/paper_reward/mean"] == their_log["rewards/paper_reward/mean"] > 0
-    assert our_log["entropy"] == pytest.approx(their_log["entropy"], rel=1e-5)
+    assert our_log["entropy"] == pytest.approx(their_log["entropy"], rel=1e-4)
 
 
 # ----------------------------------------------------------------------------- memory

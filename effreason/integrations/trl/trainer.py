@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 import trl
+from packaging.version import InvalidVersion, Version
 
 from effreason.integrations.trl.loss import GRPOLossSettings, fused_grpo_loss
+
+MINIMUM_TRL = "1.9"
+"""The first TRL release whose loss normalisation the fused loss reproduces (``dapo`` scales by
+``steps_per_generation`` since 1.9)."""
+
+
+def _check_trl_version(found: str) -> None:
+    try:
+        too_old = Version(found) < Version(MINIMUM_TRL)
+    except InvalidVersion:  # a source checkout without metadata
+        return
+    if too_old:
+        raise ImportError(f"effreason.integrations.trl.GRPOTrainer needs trl>={MINIMUM_TRL}, found {found}")
+
+
+_check_trl_version(trl.__version__)
 
 
 class GRPOTrainer(trl.GRPOTrainer):
