@@ -27,7 +27,7 @@ def grpo_config(output_dir, **overrides):
     settings = dict(
         output_dir=str(output_dir), per_device_train_batch_size=4, num_generations=4, max_completion_length=24,
         max_steps=2, learning_rate=1e-2, logging_steps=1, report_to="none", save_strategy="no", seed=0,
-        disable_tqdm=True, bf16=False, beta=0.0,
+        disable_tqdm=True, bf16=False, beta=0.0, gradient_checkpointing=False,
     )
     settings.update(overrides)
     return trl.GRPOConfig(**settings)
@@ -70,13 +70,17 @@ def loss_inputs(model, tokenizer, *, num_sequences=6, prompt_length=5, completio
     completion_mask = (torch.arange(completion_length) < lengths.unsqueeze(1)).long()
     completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
     with torch.no_grad():
-        logits = model(torch.cat([prompt_ids, completion_ids], 1), attention_mask=torch.cat([prompt_mask, completion_mask], 1)).logits
-        logps = torch.log_softmax(logits[:, prompt_length - 1 : -1].float(), -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
-    noise = lambda: 0.3 * torch.randn(logps.shape, generator=generator)  # noqa: E731
+        input_ids, attention_mask = torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1)
+        logits = model(input_ids, attention_mask=attention_mask).logits[:, prompt_length - 1 : -1]  # (B, C, V)
+        logps = torch.log_softmax(logits.float(), -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # (B, C)
+
+    def noisy_logps():
+        return (logps + 0.3 * torch.randn(logps.shape, generator=generator)) * completion_mask
+
     return {
         "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
         "completion_mask": completion_mask, "advantages": torch.randn(num_sequences, generator=generator),
-        "old_per_token_logps": (logps + noise()) * completion_mask, "ref_per_token_logps": (logps + noise()) * completion_mask,
+        "old_per_token_logps": noisy_logps(), "ref_per_token_logps": noisy_logps(),
         "num_items_in_batch": completion_mask.sum() * 3,
     }
 
@@ -93,8 +97,8 @@ def loss_and_gradients(compute_loss, trainer, inputs):
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
 def test_compute_loss_matches_trl(loss_type, tokenizer, tmp_path):
     trainer = make_trainer(
-        GRPOTrainer, tokenizer, tmp_path, loss_type=loss_type, beta=0.04, use_bias_correction_kl=False, epsilon_high=0.28, temperature=0.7,
-        gradient_accumulation_steps=2, steps_per_generation=4,
+        GRPOTrainer, tokenizer, tmp_path, loss_type=loss_type, beta=0.04, use_bias_correction_kl=False,
+        epsilon_high=0.28, temperature=0.7, gradient_accumulation_steps=2, steps_per_generation=4,
     )
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 2
