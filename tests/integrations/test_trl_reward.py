@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -95,3 +99,12 @@ def test_reward_function_name_and_errors():
         paper_reward(num_generations=0)
     with pytest.raises(ValueError, match="answer_kind"):
         paper_reward(answer_kind="last")
+
+
+def test_reward_imports_without_trl():
+    """``paper_reward`` is plain Python: importing it loads neither TRL nor transformers."""
+    code = (
+        "import sys; from effreason.integrations.trl import paper_reward; paper_reward();"
+        "assert 'trl' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
