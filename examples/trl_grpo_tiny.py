@@ -1,6 +1,6 @@
 """Train the shipped warm start with TRL's GRPO, effreason's fused loss and the paper's reward, on the CPU.
 
-    python examples/trl_grpo_tiny.py                 # 8 steps, about a minute on a 2-core CPU
+    python examples/trl_grpo_tiny.py                 # 8 steps, seconds on a 2-core CPU
     python examples/trl_grpo_tiny.py --steps 40 --alpha 0.4
 
 The model is ``effreason/assets/warmstart`` (a 4-layer Qwen2 that solves the built-in toy
