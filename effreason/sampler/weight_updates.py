@@ -15,11 +15,13 @@ prefix is recomputed.
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 _num_updates = 0  # optimizer steps and state-dict loads seen in this process
+_watched_modules: weakref.WeakSet = weakref.WeakSet()  # modules whose state-dict loads are counted
 
 
 def _count_update(*_) -> None:
@@ -39,7 +41,9 @@ class WeightUpdates:
     def __init__(self, model: torch.nn.Module):
         _watch_optimizers()
         for module in model.modules():
-            module.register_load_state_dict_post_hook(_count_update)
+            if module not in _watched_modules:
+                module.register_load_state_dict_post_hook(_count_update)
+                _watched_modules.add(module)
         self._last_seen: tuple | None = None
 
     def mark_changed(self) -> None:
