@@ -6,8 +6,7 @@ Runs the GPU benchmark's Qwen2.5-0.5B-shaped random bf16 model (the tiny CPU mod
 prints: tokens/s with each usable decode-attention backend; the host functions that take the most time (cProfile,
 one ``generate``; time blocked in ``.cpu()`` is the device's); the device kernels that take the most
 time (torch.profiler); and the per-step cost of each part alone (decode forward, logits, sampling,
-the fused CPU decode round per step where it runs, paged attention per backend), each timed with device
-events after a warm-up.
+paged attention per backend), each timed after a warm-up.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 from test_sampler_throughput import qwen25_half_b, random_prompts, timed, tiny_qwen2  # bench/, the script's folder
 
-from effreason.sampler import Sampler, SamplingParams, attention, engine
+from effreason.sampler import Sampler, SamplingParams, attention
 from effreason.sampler.sampling import sample
 
 
@@ -57,25 +56,25 @@ def device_profile(sampler: Sampler, prompts, params: SamplingParams, top: int) 
 
 def parts(sampler: Sampler, model, batch: int, context: int, device: torch.device) -> list[tuple[str, float]]:
     """Per-step milliseconds of the decode step's parts at ``batch`` sequences of ``context`` tokens."""
-    paged = sampler.model
+    paged, runner = sampler.model, sampler.runner
     vocab = model.config.vocab_size
     blocks = -(-context // sampler.block_size)
-    tables = torch.arange(batch * blocks, device=device, dtype=torch.int32).view(batch, blocks) % sampler.num_blocks
+    tables = torch.arange(batch * blocks, device=device, dtype=torch.int32).view(batch, blocks) % runner.num_blocks
     positions = torch.full((batch,), context - 1, device=device)
     input_ids = torch.randint(0, vocab, (batch,), device=device)
     rows = []
     slots = tables.long().gather(1, (positions // sampler.block_size)[:, None])[:, 0] * sampler.block_size
     meta = attention.AttentionMetadata(is_prefill=False, slot_mapping=slots, block_tables=tables,
                                        context_lens=(positions + 1).to(torch.int32))
-    if sampler.graphs is not None:
+    if runner.graphs is not None:
         rows.append(("decode forward (graph replay)", _per_call_ms(
-            lambda: sampler.graphs.run(input_ids, positions, tables, slots, meta.context_lens), device)))
+            lambda: runner.graphs.run(input_ids, positions, tables, slots, meta.context_lens), device)))
     meta.gather_index = attention.gather_index(tables, paged.num_kv_heads)
     meta.padding_mask = attention.padding_mask(meta.context_lens, paged.num_kv_heads, blocks * sampler.block_size)
     def forward():
-        return paged.forward(input_ids, positions, sampler.kv_cache, meta, sampler.backend)
+        return paged.forward(input_ids, positions, runner.kv_cache, meta, runner.backend)
 
-    rows.append((f"decode forward (eager, {sampler.backend})", _per_call_ms(forward, device)))
+    rows.append((f"decode forward (eager, {runner.backend})", _per_call_ms(forward, device)))
     hidden = forward()
     rows.append(("logits (lm_head, float32)", _per_call_ms(lambda: paged.logits(hidden), device)))
     logits = paged.logits(hidden)
@@ -83,19 +82,13 @@ def parts(sampler: Sampler, model, batch: int, context: int, device: torch.devic
     steps = torch.zeros(batch, dtype=torch.long, device=device)
     params = SamplingParams(temperature=1.0, max_tokens=1)
     rows.append(("sample (T=1)", _per_call_ms(lambda: sample(logits, params, keys, steps), device)))
-    if paged.fused_round(batch, sampler.backend):  # CPU float32: the whole round is one op
-        window = engine.DECODE_WINDOW
-        repeat = lambda t: t.expand(window, -1)  # every step at the same position: same cost, valid slots
-        rows.append((f"decode round per step ({window} steps, fused)", _per_call_ms(
-            lambda: paged.decode_round(input_ids, repeat(positions), sampler.kv_cache, repeat(slots), tables,
-                                       repeat(meta.context_lens), keys, steps, 1.0), device) / window))
-    query = torch.randn(batch, paged.num_heads, paged.head_dim, device=device, dtype=paged.dtype)
-    cache = sampler.kv_cache[0]
+    query = torch.randn(batch, paged.shape.num_heads, paged.head_dim, device=device, dtype=paged.dtype)
+    cache = runner.kv_cache[0]
     backends = ["torch", "native", "triton"] if device.type == "cuda" else ["torch", "native"]
     for backend in backends:
         try:
             rows.append((f"attention one layer ({backend})", _per_call_ms(
-                lambda: attention.decode_attention(backend, query, cache[0], cache[1], meta, paged.scale), device)))
+                lambda: attention.decode_attention(backend, query, cache[0], cache[1], meta, paged.shape.scale), device)))
         except Exception as error:  # a backend missing on this machine
             rows.append((f"attention one layer ({backend}): {type(error).__name__}", float("nan")))
     return rows
@@ -122,7 +115,7 @@ def main() -> None:
             sampler = Sampler(model, max_num_seqs=batch, prefix_caching=False, attention_backend=backend,
                               kv_cache_tokens=batch * (256 + args.context + args.tokens))
             tokens_per_s = _throughput(sampler, prompts, params, device)
-            report.append(f"{backend} attention, cuda graphs {sampler.graphs is not None}: {tokens_per_s:.0f} "
+            report.append(f"{backend} attention, cuda graphs {sampler.runner.graphs is not None}: {tokens_per_s:.0f} "
                           f"tokens/s ({batch} sequences x {args.tokens} tokens)")
             print(report[-1], flush=True)
         sampler = Sampler(model, max_num_seqs=batch, prefix_caching=False,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from effreason.sampler import Sampler, SamplingParams, fused_cpu
+from effreason.sampler import Sampler, SamplingParams, cpu_decode
 
 QUICK = os.environ.get("EFFREASON_BENCH_QUICK", "0") == "1"
 HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # nominal, when not measured
@@ -64,6 +64,12 @@ def timed(fn, device) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
+def kv_bytes(sampler: Sampler, num_blocks: int) -> int:
+    """Bytes of ``num_blocks`` of ``sampler``'s KV blocks over all layers (its cache holds one scratch block more)."""
+    cache = sampler.runner.kv_cache  # (layers, 2, num_blocks + 1, Hkv, block_size, D)
+    return num_blocks * cache.nbytes // cache.shape[2]
+
+
 def _hf_generate(model, prompts, samples: int, new_tokens: int) -> None:
     """HF sampling of ``samples`` completions per prompt, left-padded batch, forced length."""
     device = model.device
@@ -81,7 +87,7 @@ def _hf_generate(model, prompts, samples: int, new_tokens: int) -> None:
 def _linear_floor(model, batch: int, product=F.linear) -> tuple[float, float]:
     """(wall, CPU) seconds of one decode step's linear layers alone (every nn.Linear, ``batch`` rows), best of 10.
 
-    ``product``: torch's ``F.linear`` (the floor the targets are set against), or ``fused_cpu.linear``, the
+    ``product``: torch's ``F.linear`` (the floor the targets are set against), or ``cpu_decode.linear``, the
     products the sampler's CPU decode step runs (each thread its rows, the whole weight).
     """
     device, dtype = model.device, model.dtype
@@ -126,8 +132,8 @@ def _report(name, model, prompts, samples, new_tokens, sampler, rounds):
                 "ours": ours,
                 "prefill": lambda: timed(lambda: sampler.generate(prompts, first_token), device),
                 "floor": lambda: _linear_floor(model, len(prompts) * samples)}
-    if fused_cpu.usable(model.lm_head.weight):
-        measures["own floor"] = lambda: _linear_floor(model, len(prompts) * samples, fused_cpu.linear)
+    if cpu_decode.usable(model.lm_head.weight):
+        measures["own floor"] = lambda: _linear_floor(model, len(prompts) * samples, cpu_decode.linear)
     with torch.no_grad():
         times = _best_times(measures, rounds)
     floor = times["floor"]
@@ -147,8 +153,8 @@ def _report(name, model, prompts, samples, new_tokens, sampler, rounds):
             own = times["own floor"][index]
             print(f"         (the floor is torch's products; effreason's own products alone take {own * 1e3:.2f} ms: "
                   f"decode step = {decode_step / own:.2f}x those)")
-    print(f"  KV memory: {sampler.kv_bytes(stats['peak_blocks']) / 2**20:.1f} MiB with prompt sharing, "
-          f"{sampler.kv_bytes(stats['peak_unshared_blocks']) / 2**20:.1f} MiB without "
+    print(f"  KV memory: {kv_bytes(sampler, stats['peak_blocks']) / 2**20:.1f} MiB with prompt sharing, "
+          f"{kv_bytes(sampler, stats['peak_unshared_blocks']) / 2**20:.1f} MiB without "
           f"(peak, {stats['preemptions']} preemptions)")
     return (times["ours"][0] - times["prefill"][0]) / max(1, new_tokens - 1)
 
@@ -176,14 +182,14 @@ def test_gpu_qwen25_half_b_throughput():
     decode_step = _report("gpu qwen2.5-0.5b shape", model, prompts, samples, new_tokens, sampler, 1)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     mean_context = sum(len(p) for p in prompts) / len(prompts) + new_tokens / 2
-    kv_bytes = sampler.kv_bytes(1) / sampler.block_size * mean_context * num_prompts * samples
+    context_bytes = kv_bytes(sampler, 1) / sampler.block_size * mean_context * num_prompts * samples
     name = torch.cuda.get_device_name(device)
     nominal = next((v for k, v in HBM_BYTES_PER_S.items() if k in name), 3.35e12)
     bandwidth = MEASURED_HBM_BYTES_PER_S or nominal
-    floor = (weight_bytes + kv_bytes) / bandwidth
+    floor = (weight_bytes + context_bytes) / bandwidth
     source = "measured" if MEASURED_HBM_BYTES_PER_S else "nominal"
     print(f"  HBM floor:       {floor * 1e3:.2f} ms per decode step ({weight_bytes / 2**20:.0f} MiB weights + "
-          f"{kv_bytes / 2**20:.0f} MiB KV at {bandwidth / 1e12:.2f} TB/s {source}, {name}) -> {decode_step / floor:.2f}x")
+          f"{context_bytes / 2**20:.0f} MiB KV at {bandwidth / 1e12:.2f} TB/s {source}, {name}) -> {decode_step / floor:.2f}x")
 
 
 def test_cpu_prefix_cache_prefill():

@@ -2,12 +2,14 @@
 
     token[b] = argmax_v (log_probs[b, v] - log(-log U[b, v]))
 
-with the counter-based uniforms of ``effreason.sampler.sampling.uniform_noise``:
-``U[b, v] = (top 23 bits of mix64(row[b] + G*v) + 0.5) / 2^23``, ``row[b] = mix64(key[b] * G + step[b])``
-(SplitMix64 finaliser, Steele et al. 2014; Gumbel-max trick, Gumbel 1954 / Maddison et al. 2014).
+with counter-based uniforms ``U[b, v] = (top 23 bits of mix64(row[b] + G*v) + 0.5) / 2^23``, the stream of
+row ``b`` being ``row[b] = mix64(key[b] * G + step[b])`` (``mix64`` the SplitMix64 finaliser, Steele et al. 2014;
+``G = 0x9E3779B97F4A7C15``; Gumbel-max trick, Gumbel 1954 / Maddison et al. 2014). These are the numbers of the
+torch reference ``uniform_noise`` in ``effreason/sampler/sampling.py``.
+
 The torch version makes ~20 elementwise passes over (B, V) int64 / float32 temporaries; here the noise
 lives in registers and each row keeps a running (max, argmax), so the only (B, V) traffic is one read
-of ``log_probs``. Same numbers as ``sampling.gumbel_argmax`` (ties go to the lowest index, like
+of ``log_probs``. Same tokens as the torch ``gumbel_argmax`` (ties go to the lowest index, like
 ``torch.argmax``). Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (tests).
 """
 
@@ -17,7 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from effreason.sampler.sampling import row_streams
+GOLDEN = tl.constexpr(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, SplitMix64's stream increment
+MAX_BLOCK_V = 4096  # vocabulary columns per loop iteration of a program, at most
+WIDE_BLOCK_V = 2048  # from this block width on, a program runs 8 warps (else 4)
 
 
 @triton.jit
@@ -31,10 +35,12 @@ def _mix64(x):
 
 
 @triton.jit
-def _gumbel_argmax_kernel(log_probs_ptr, rows_ptr, out_ptr, vocab_size, stride_row,
+def _gumbel_argmax_kernel(log_probs_ptr, keys_ptr, steps_ptr, out_ptr, vocab_size, stride_row,
                           BLOCK_V: tl.constexpr):
     row = tl.program_id(0)
-    row_key = tl.load(rows_ptr + row).to(tl.uint64, bitcast=True)
+    key = tl.load(keys_ptr + row).to(tl.uint64, bitcast=True)
+    step = tl.load(steps_ptr + row).to(tl.uint64, bitcast=True)
+    row_key = _mix64(key * GOLDEN + step)
     offsets = tl.arange(0, BLOCK_V)
     best_score = tl.full((BLOCK_V,), float("-inf"), tl.float32)  # per lane: best score seen, and where
     best_column = tl.zeros((BLOCK_V,), tl.int64)
@@ -42,8 +48,8 @@ def _gumbel_argmax_kernel(log_probs_ptr, rows_ptr, out_ptr, vocab_size, stride_r
         columns = start + offsets
         valid = columns < vocab_size
         log_probs = tl.load(log_probs_ptr + row * stride_row + columns, mask=valid, other=float("-inf"))
-        bits = _mix64(row_key + columns.to(tl.uint64) * 0x9E3779B97F4A7C15)
-        uniform = ((bits >> 41).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
+        bits = _mix64(row_key + columns.to(tl.uint64) * GOLDEN)
+        uniform = ((bits >> 41).to(tl.float32) + 0.5) * (1.0 / 8388608.0)  # (top 23 bits + 0.5) / 2^23
         score = tl.where(valid, log_probs.to(tl.float32) - tl.log(-tl.log(uniform)), float("-inf"))
         better = score > best_score  # strict: a lane keeps its earliest column on ties
         best_column = tl.where(better, columns.to(tl.int64), best_column)
@@ -56,7 +62,7 @@ def _gumbel_argmax_kernel(log_probs_ptr, rows_ptr, out_ptr, vocab_size, stride_r
 def gumbel_argmax(log_probs: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """``argmax_v(log_probs[b, v] + Gumbel noise of stream keys[b] at steps[b])``: (B, V) float32 -> (B,) int64.
 
-    Same contract and numbers as ``effreason.sampler.sampling.gumbel_argmax`` (module docstring).
+    Same contract and numbers as the torch reference ``gumbel_argmax`` of ``effreason/sampler/sampling.py``.
     """
     if log_probs.dim() != 2 or log_probs.dtype != torch.float32 or log_probs.stride(-1) != 1:
         raise ValueError(f"log_probs must be float32 (B, V) with a contiguous last dim, got "
@@ -71,8 +77,8 @@ def gumbel_argmax(log_probs: torch.Tensor, keys: torch.Tensor, steps: torch.Tens
     out = torch.empty(num_rows, dtype=torch.int64, device=log_probs.device)
     if num_rows == 0:
         return out
-    rows = row_streams(keys, steps).contiguous()  # (B,) int64
-    block = min(4096, triton.next_power_of_2(vocab_size))
-    _gumbel_argmax_kernel[(num_rows,)](log_probs, rows, out, vocab_size, log_probs.stride(0),
-                                       BLOCK_V=block, num_warps=8 if block >= 2048 else 4)
+    block = min(MAX_BLOCK_V, triton.next_power_of_2(vocab_size))
+    _gumbel_argmax_kernel[(num_rows,)](log_probs, keys.contiguous(), steps.contiguous(), out, vocab_size,
+                                       log_probs.stride(0),
+                                       BLOCK_V=block, num_warps=8 if block >= WIDE_BLOCK_V else 4)
     return out

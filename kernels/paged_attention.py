@@ -8,9 +8,8 @@ table, so a tile spans several blocks or part of one), with an online softmax (M
 FlashAttention / vLLM's paged attention): each K/V tile is read once for all ``group`` query heads,
 and both products are matrix-unit dots (``(G, D) x (D, N)`` scores, ``(G, N) x (N, D)`` values, the
 group padded to 16 rows) on float32 operands: tf32 for bf16/fp16 caches, whose values tf32 holds
-exactly, full float32 ("ieee") for float32 caches. Wide tiles keep many loads in flight: on an
-H200 at 512 sequences of ~400 tokens (Qwen2.5-0.5B heads) one layer takes 0.108 ms, where a tile
-per cache block (16 tokens) was latency-bound at 0.60 ms. Cache layout ``(num_blocks, Hkv,
+exactly, full float32 ("ieee") for float32 caches. Wide tiles keep many loads in flight, where a
+tile per cache block (16 tokens) is latency-bound (bench/RESULTS.md). Cache layout ``(num_blocks, Hkv,
 block_size, D)`` (see ``effreason.sampler.attention``, whose ``paged_decode_attention_reference``
 is the oracle). Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (tests).
 """
@@ -20,6 +19,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+MIN_DOT = 16  # matrix-unit dots need at least 16 rows / columns
+MAX_TILE_TOKENS = 128  # tokens per tile, at most
+TILE_ELEMENTS = 8192  # tokens x head dims of one tile: a tile this large runs 8 warps (else 4)
 
 
 @triton.jit
@@ -115,8 +118,8 @@ def paged_attention_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     num_seqs, num_heads, head_dim = query.shape
     num_kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
-    block_d = max(16, triton.next_power_of_2(head_dim))  # matrix-unit dots need 16 rows / columns
-    block_n = max(16, min(128, 8192 // block_d))  # tokens per tile, whatever the cache block size
+    block_d = max(MIN_DOT, triton.next_power_of_2(head_dim))
+    block_n = max(MIN_DOT, min(MAX_TILE_TOKENS, TILE_ELEMENTS // block_d))  # whatever the cache block size
     out = torch.empty_like(query)
     if num_seqs == 0:
         return out
@@ -127,8 +130,8 @@ def paged_attention_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         out.stride(0), out.stride(1), block_tables.stride(0),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_D=block_d,
+        BLOCK_G=max(MIN_DOT, triton.next_power_of_2(group)), BLOCK_D=block_d,
         BLOCK_N=block_n, PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-        num_warps=8 if block_n * block_d >= 8192 else 4,
+        num_warps=8 if block_n * block_d >= TILE_ELEMENTS else 4,
     )
     return out

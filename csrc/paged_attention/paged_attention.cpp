@@ -9,9 +9,8 @@
 // float32, then P V as row updates. Scores take four query heads per pass with one horizontal-add
 // tree for all four (AVX2 + FMA when the CPU has it); the other hot loops are compiled for AVX-512,
 // AVX2 and baseline x86-64 (GCC target_clones) and chosen at load time, with head dims 32 / 64 / 128
-// compiled in so P V keeps each head's accumulator row in registers. Float32 caches on AVX-512 CPUs
-// take the hand-vectorised task of paged_attention_avx512.cpp instead. No software prefetch: asking
-// for the next tasks' tiles ahead was 3-7% slower than the hardware prefetcher alone (bench/RESULTS.md).
+// compiled in so P V keeps each head's accumulator row in registers. No software prefetch: the
+// hardware prefetcher alone was faster (bench/RESULTS.md).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -22,8 +21,7 @@
 #include <limits>
 #include <vector>
 
-#include "cpu/vector_math.h"
-#include "paged_attention/paged_attention_avx512.h"
+#include "cpu_decode/vector_math.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -226,10 +224,6 @@ void decode_cpu(const at::Tensor& query, const at::Tensor& k_cache, const at::Te
   const int32_t* table_ptr = tables.data_ptr<int32_t>();
   const int32_t* len_ptr = lens.data_ptr<int32_t>();
   const int64_t dim = s.head_dim, group = s.group, block_size = s.block_size;
-  bool avx512 = false;
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    avx512 = avx512::attend_head_takes(group, dim) && k_cache.stride(2) == dim && v_cache.stride(2) == dim;
-  }
   at::parallel_for(0, s.num_seqs * s.num_kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> q(group * dim), acc(group * dim), scores, tile(block_size * dim), inverse_sum(group);
     for (int64_t task = begin; task < end; ++task) {
@@ -238,17 +232,6 @@ void decode_cpu(const at::Tensor& query, const at::Tensor& k_cache, const at::Te
       const int32_t* table = table_ptr + seq * tables.stride(0);
       const scalar_t* k_head = k_ptr + kv_head * k_cache.stride(1);
       const scalar_t* v_head = v_ptr + kv_head * v_cache.stride(1);
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (avx512) {
-          scores.resize(avx512::attend_head_scratch(context, block_size));
-          avx512::attend_head({q_ptr + seq * query.stride(0) + kv_head * group * query.stride(1), query.stride(1),
-                               scale, k_head, v_head, k_cache.stride(0), v_cache.stride(0), table, block_size, context,
-                               group, dim, o_ptr + seq * out.stride(0) + kv_head * group * out.stride(1),
-                               out.stride(1)},
-                              scores.data());
-          continue;
-        }
-      }
       for (int64_t g = 0; g < group; ++g) {
         const scalar_t* q_row = q_ptr + seq * query.stride(0) + (kv_head * group + g) * query.stride(1);
         for (int64_t d = 0; d < dim; ++d) q[g * dim + d] = static_cast<float>(q_row[d]) * scale;

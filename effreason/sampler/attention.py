@@ -153,8 +153,7 @@ def padded_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     ``rows``, ``visible`` from ``padded_layout``: sequence ``s`` becomes row ``s`` of a zero-padded
     (S, heads, L, D) batch; padded rows are dropped from the output. K/V heads are repeated to the
     query heads: SDPA's memory-efficient CUDA kernel takes a mask but not grouped heads. On CUDA this
-    replaces one SDPA call per sequence and layer (1,536 calls, 0.3 s, for the GPU bench's 64 prompts
-    on an H200), whose launches dominated.
+    replaces one SDPA call per sequence and layer, whose launches dominate a prefill of many short prompts.
     """
     num_seqs, longest = visible.shape[0], visible.shape[-1]
     group = query.shape[1] // key.shape[1]
@@ -204,6 +203,7 @@ def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
+FLASH_BLOCK_MULTIPLE = 256  # flash-attn's paged KV cache takes blocks of a multiple of 256 tokens
 
 
 @functools.lru_cache(maxsize=None)
@@ -234,13 +234,13 @@ def usable_decode_backends(device: torch.device, dtype: torch.dtype, block_size:
 
     CPU: the native op (``csrc/paged_attention/paged_attention.cpp``) when built, then torch.
     CUDA: flash-attn (fp16/bf16, block size a multiple of 256), Triton, the native CUDA op, torch.
-    Triton comes before the native op on CUDA: on an H200 (512 sequences of ~400 tokens,
-    Qwen2.5-0.5B heads) the native kernel took 1.3 ms per layer, latency-bound (bench/RESULTS.md).
+    Triton comes before the native op on CUDA: the native kernel scores one token per thread and is
+    latency-bound at long contexts (bench/RESULTS.md has the numbers).
     """
     if device.type != "cuda":
         return ["native", "torch"] if _has_native_op() else ["torch"]
     usable = {
-        "flash": _flash_attn() is not None and dtype in _FLASH_DTYPES and block_size % 256 == 0,
+        "flash": _flash_attn() is not None and dtype in _FLASH_DTYPES and block_size % FLASH_BLOCK_MULTIPLE == 0,
         "triton": _backends.has_triton(),
         "native": _has_native_op() and _backends.native_cuda_usable(device),
         "torch": True,

@@ -9,6 +9,8 @@ import hashlib
 
 from effreason.sampler.sequence import Sequence
 
+DIGEST_BYTES = 16  # a prefix block's digest: 128 bits
+
 
 class BlockManager:
     """Hands out KV blocks of ``block_size`` token slots each.
@@ -34,7 +36,7 @@ class BlockManager:
         self.prefix_caching = prefix_caching
         self.ref_counts = [0] * num_blocks
         # least recently freed first; an OrderedDict pops its first key in O(1), where a dict's first key
-        # after many deletions is found by scanning the deleted slots (20k takes: 215 vs 5 ms)
+        # after many deletions is found by scanning the deleted slots (the cost grows with the blocks taken)
         self.free_blocks: collections.OrderedDict[int, None] = collections.OrderedDict.fromkeys(range(num_blocks))
         self.block_digest: list[bytes | None] = [None] * num_blocks
         self.cached_blocks: dict[bytes, int] = {}  # digest -> block holding that prefix's K/V
@@ -72,7 +74,7 @@ class BlockManager:
         digests, digest, size = [], b"", self.block_size
         for index in range(num_blocks):
             tokens = array.array("q", token_ids[index * size:(index + 1) * size]).tobytes()
-            digest = hashlib.blake2b(digest + tokens, digest_size=16).digest()
+            digest = hashlib.blake2b(digest + tokens, digest_size=DIGEST_BYTES).digest()
             digests.append(digest)
         return digests
 

@@ -3,8 +3,9 @@
 A graph replays the whole forward of one decode step (all layers, one launch) on static input
 buffers. Batches are padded up to the next bucket; padded rows read one token of block 0 and write
 their K/V into the cache's scratch block (the last one), so they never touch a live sequence.
-Graphs hold the parameters' (and RoPE tables') addresses: they are recaptured when one is replaced
-(in-place optimizer updates keep the addresses and are seen by the next replay).
+Graphs hold the weights' (and RoPE tables') addresses: ``check_weights``, called before each ``generate``,
+drops them when one was replaced, and they are captured again (in-place optimizer updates keep the addresses
+and are seen by the next replay).
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ import torch
 from effreason.sampler import attention
 
 
+SMALL_BUCKETS = (1, 2, 4, 8)  # batch sizes captured below BUCKET_STEP
+BUCKET_STEP = 16  # from there on, every multiple of it up to max_num_seqs
+
+
 def _buckets(max_num_seqs: int) -> list[int]:
-    sizes = [1, 2, 4, 8] + list(range(16, max_num_seqs + 16, 16))
+    """The batch sizes captured: ``SMALL_BUCKETS``, then multiples of ``BUCKET_STEP``, all capped at max_num_seqs."""
+    sizes = list(SMALL_BUCKETS) + list(range(BUCKET_STEP, max_num_seqs + BUCKET_STEP, BUCKET_STEP))
     return sorted({min(size, max_num_seqs) for size in sizes})
 
 
@@ -39,14 +45,17 @@ class DecodeGraphs:
         self.context_lens = torch.ones(size, dtype=torch.int32, device=device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
-        self.weights_key = None
+        self.weights_key: tuple[int, ...] | None = None
 
     def fits(self, batch_size: int, width: int) -> bool:
         return batch_size <= self.buckets[-1] and width <= self.max_blocks
 
-    def _weights_key(self) -> tuple[int, ...]:
-        rope = tuple(t.data_ptr() for t in self.model.rope_tables(1))
-        return rope + tuple(p.data_ptr() for p in self.model.parameters())
+    def check_weights(self) -> None:
+        """Drop the captured graphs when a bound weight or a RoPE table has moved since they were captured."""
+        tensors = [*self.model.rope_tables(1), *self.model.weights()]
+        key = tuple(tensor.data_ptr() for tensor in tensors)
+        if key != self.weights_key:
+            self.graphs, self.pool, self.weights_key = {}, None, key
 
     def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         model = self.model
@@ -72,9 +81,6 @@ class DecodeGraphs:
             context_lens: torch.Tensor) -> torch.Tensor:
         """Final hidden states (B, hidden) of one decode step, replayed from the bucket's graph: ``input_ids``
         (B,) at ``positions`` (B,) over ``tables``, K/V written at ``slots`` (B,), ``context_lens`` (B,) int32."""
-        key = self._weights_key()
-        if key != self.weights_key:
-            self.graphs, self.pool, self.weights_key = {}, None, key
         batch = input_ids.shape[0]
         size = next(b for b in self.buckets if b >= batch)
         self.input_ids.zero_()

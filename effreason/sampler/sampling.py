@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from effreason import _backends
-from effreason.sampler import fused_cpu
+from effreason.sampler import cpu_decode
 from effreason.sampler.params import SamplingParams
 
 
@@ -25,6 +25,7 @@ def _signed(value: int) -> int:
 _GOLDEN = _signed(0x9E3779B97F4A7C15)
 _MIX_1 = _signed(0xBF58476D1CE4E5B9)
 _MIX_2 = _signed(0x94D049BB133111EB)
+UNIFORM_BITS = 23  # random bits per uniform (``uniform_noise``)
 
 
 def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -66,7 +67,7 @@ def uniform_noise(keys: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> t
     rows = row_streams(keys, steps)  # (B,)
     columns = torch.arange(vocab_size, device=keys.device, dtype=torch.int64) * _GOLDEN
     bits = mix64(rows[:, None] + columns[None, :])  # (B, V)
-    return _shift_right(bits, 41).float().add_(0.5).mul_(1.0 / (1 << 23))
+    return _shift_right(bits, 64 - UNIFORM_BITS).float().add_(0.5).mul_(1.0 / (1 << UNIFORM_BITS))
 
 
 def truncate_logits(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -92,10 +93,10 @@ def gumbel_argmax(log_probs: torch.Tensor, keys: torch.Tensor, steps: torch.Tens
     """``argmax_v(log_probs[b, v] - log(-log U[b, v]))`` with ``U = uniform_noise(keys, steps, V)``: (B,) int64.
 
     On CUDA with Triton, the fused one-pass kernel ``effreason.kernels.gumbel_sampling`` (same numbers);
-    on the CPU in float32, the native op of ``fused_cpu`` (same uniforms, logs within about 1 ulp).
+    on the CPU in float32, the native op of ``cpu_decode`` (same uniforms, logs within about 1 ulp).
     """
-    if fused_cpu.usable(log_probs):
-        return fused_cpu.gumbel_argmax(log_probs, keys, steps)
+    if cpu_decode.usable(log_probs):
+        return cpu_decode.gumbel_argmax(log_probs, keys, steps)
     if log_probs.is_cuda and _backends.has_triton():
         from effreason.kernels.gumbel_sampling import gumbel_argmax as fused_gumbel_argmax
         return fused_gumbel_argmax(log_probs, keys, steps)
@@ -117,8 +118,8 @@ def sample(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor,
         return tokens, torch.zeros_like(full[:, 0]), full.gather(1, tokens[:, None])[:, 0]
     scaled = logits if params.temperature == 1.0 else logits / params.temperature
     truncated = params.truncated
-    if not truncated and fused_cpu.usable(scaled):  # drawn from the full distribution: one native pass
-        tokens, logprobs = fused_cpu.gumbel_sample(scaled, keys, steps)
+    if not truncated and cpu_decode.usable(scaled):  # drawn from the full distribution: one native pass
+        tokens, logprobs = cpu_decode.gumbel_sample(scaled, keys, steps)
         return tokens, logprobs, logprobs
     full = torch.log_softmax(scaled, dim=-1)
     drawn_from = torch.log_softmax(truncate_logits(scaled, params.top_k, params.top_p), dim=-1) if truncated else full

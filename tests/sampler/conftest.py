@@ -1,11 +1,14 @@
-"""The ``model`` fixture of the sampler tests: each test runs on a tiny Qwen2 and a tiny Llama."""
+"""The ``model`` fixture of the sampler tests: each test runs on a tiny Qwen2, Llama and Qwen3."""
 
 from __future__ import annotations
 
 import pytest
-from sampler_models import tiny_llama, tiny_qwen2
+from sampler_models import tiny_llama, tiny_qwen2, tiny_qwen3
 
 
-@pytest.fixture(params=["qwen2", "llama"])
+MODELS = {"qwen2": tiny_qwen2, "llama": tiny_llama, "qwen3": tiny_qwen3}
+
+
+@pytest.fixture(params=list(MODELS))
 def model(request):
-    return tiny_qwen2() if request.param == "qwen2" else tiny_llama()
+    return MODELS[request.param]()

@@ -1,9 +1,9 @@
-"""Tiny random-weight Qwen2 / Llama models and HF oracles for the sampler tests (fp32, CPU)."""
+"""Tiny random-weight Qwen2 / Llama / Qwen3 models and HF oracles for the sampler tests (fp32, CPU)."""
 
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 VOCAB = 96
 
@@ -30,6 +30,21 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 proj.bias.normal_(0.0, 0.5)
+    return model
+
+
+def tiny_qwen3(seed: int = 0) -> Qwen3ForCausalLM:
+    """Qwen3 with its per-head q/k RMSNorms (random weights, so they matter), head_dim 24 != hidden / heads,
+    untied embeddings."""
+    torch.manual_seed(seed)
+    config = Qwen3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=24, max_position_embeddings=256,
+                         tie_word_embeddings=False)
+    model = Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():  # HF initialises the norms to ones
+        for layer in model.model.layers:
+            for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm):
+                norm.weight.uniform_(0.5, 1.5)
     return model
 
 

@@ -26,11 +26,11 @@ SHAPES = [
     (5, 8, 2, 32, 16, [1, 16, 17, 31, 40]),
     (2, 10, 2, 64, 8, [3, 19]),  # compiled-in head dims of the CPU op, group 5 = 4 + 1
     (1, 2, 1, 128, 16, [33]),
-    (2, 8, 2, 16, 32, [5, 40]),  # AVX-512 scoring: head dim 16, two 16-row halves per tile
+    (2, 8, 2, 16, 32, [5, 40]),  # head dim 16 (not compiled in), blocks of 32 rows
     (3, 14, 2, 64, 16, [1, 129, 300]),  # Qwen2.5-0.5B heads: several 128-token tiles, a partial one
     (2, 4, 1, 32, 256, [200, 300]),  # flash-attn's block size: Triton tiles smaller than a cache block
-    (3, 6, 2, 128, 8, [1, 6, 23]),  # CPU AVX-512 path: group 3 (one zero query), two heads per P V pass,
-    (2, 8, 1, 32, 2, [4, 11]),  # blocks smaller than its four-row score chunks; group 8: two passes
+    (3, 6, 2, 128, 8, [1, 6, 23]),  # group 3: fewer heads than one four-head pass
+    (2, 8, 1, 32, 2, [4, 11]),  # blocks of 2 rows; group 8: two four-head passes
 ]
 
 

@@ -11,8 +11,7 @@ import torch
 from sampler_models import hf_greedy, hf_logits, random_prompts, tiny_qwen2
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from effreason.sampler import Sampler, SamplingParams, engine
-from effreason.sampler.model import PagedModel
+from effreason.sampler import Sampler, SamplingParams, attention, engine
 
 LENGTHS = (1, 5, 16, 17, 30)
 LOGPROB_TOLERANCE = 1e-4
@@ -22,7 +21,7 @@ LOGPROB_TOLERANCE = 1e-4
 def backend(request, monkeypatch):
     """Run each engine test with the installation's decode backend and with the torch reference."""
     if request.param == "torch":
-        monkeypatch.setattr(engine.attention, "usable_decode_backends", lambda device, dtype, block_size: ["torch"])
+        monkeypatch.setattr(attention, "usable_decode_backends", lambda device, dtype, block_size: ["torch"])
     return request.param
 
 
@@ -116,10 +115,12 @@ def test_seeded_sampling_is_reproducible_and_batching_invariant(model):
 
 def test_stop_token_ends_a_completion_and_is_kept(model):
     prompt = random_prompts((5,))[0]
-    first, second = hf_greedy(model, prompt, 2)
-    params = SamplingParams(n=2, temperature=0, max_tokens=10, stop_token_ids=(second,))
+    greedy = hf_greedy(model, prompt, 2)
+    stop = greedy[1]
+    params = SamplingParams(n=2, temperature=0, max_tokens=10, stop_token_ids=(stop,))
     completion = Sampler(model).generate([prompt], params, progress=True)[0][1]
-    assert completion.token_ids == [first, second] and completion.finish_reason == "stop"
+    expected = greedy[:greedy.index(stop) + 1]  # the first greedy token may already be the stop token
+    assert completion.token_ids == expected and completion.finish_reason == "stop"
 
 
 def test_decode_rounds_of_many_steps_sample_what_single_steps_do(model, monkeypatch):
@@ -141,36 +142,6 @@ def test_decode_rounds_of_many_steps_sample_what_single_steps_do(model, monkeypa
             torch.testing.assert_close(torch.tensor(other.logprobs), torch.tensor(one.logprobs), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.0])
-def test_fused_decode_rounds_sample_what_step_by_step_rounds_do(model, temperature, monkeypatch):
-    """On the CPU in float32 a round runs in one ``decode_round`` op: same completions as a forward and a ``sample``
-    per step, stop tokens drawn mid-round included."""
-    prompts = random_prompts((6, 11, 2, 19))
-    free_run = Sampler(model).generate(prompts, SamplingParams(n=3, temperature=temperature, max_tokens=20, seed=3))
-    stop = free_run[1][0].token_ids[4]
-    params = SamplingParams(n=3, temperature=temperature, max_tokens=20, seed=3, stop_token_ids=(stop,))
-    calls = []
-    decode_round = PagedModel.decode_round
-    monkeypatch.setattr(PagedModel, "decode_round", lambda *args: calls.append(1) or decode_round(*args))
-    fused = Sampler(model, block_size=4).generate(prompts, params)
-    assert calls
-    monkeypatch.setattr(engine._Run, "_fused_round", lambda self, num_rows: False)
-    stepped = Sampler(model, block_size=4).generate(prompts, params)
-    assert any(c.finish_reason == "stop" and len(c.token_ids) < 20 for completions in fused for c in completions)
-    for fused_completions, stepped_completions in zip(fused, stepped):
-        for one, other in zip(fused_completions, stepped_completions):
-            assert (one.token_ids, one.finish_reason) == (other.token_ids, other.finish_reason)
-            for got, expected in ((one.logprobs, other.logprobs), (one.trainer_logprobs, other.trainer_logprobs)):
-                torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), atol=1e-6, rtol=0)
-
-
-def test_truncated_sampling_rounds_run_step_by_step(model, monkeypatch):
-    """Top-k / top-p draws are not in the fused round: those rounds take the step-by-step path."""
-    monkeypatch.setattr(PagedModel, "decode_round", lambda *args: pytest.fail("fused round with top-k"))
-    completions = Sampler(model).generate(random_prompts((5,)), SamplingParams(n=2, top_k=5, max_tokens=12, seed=0))
-    assert [len(c.token_ids) for c in completions[0]] == [12, 12]
-
-
 def test_context_length_ends_a_completion():
     model = tiny_qwen2()
     prompt = random_prompts((model.config.max_position_embeddings - 3,))[0]
@@ -183,13 +154,13 @@ def test_weight_updates_are_seen_without_reallocating_the_cache():
     sampler = Sampler(model, kv_cache_tokens=512)
     params = SamplingParams(temperature=0, max_tokens=12)
     before = sampler.generate([[4, 5, 6]], params)[0][0].token_ids
-    cache = sampler.kv_cache.data_ptr()
+    cache = sampler.runner.kv_cache.data_ptr()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     model(torch.tensor([[4, 5, 6]])).logits.sum().backward()
     optimizer.step()
     after = sampler.generate([[4, 5, 6]], params)[0][0].token_ids
     assert after == hf_greedy(model, [4, 5, 6], 12) and after != before
-    assert sampler.kv_cache.data_ptr() == cache
+    assert sampler.runner.kv_cache.data_ptr() == cache
 
 
 def test_invalid_inputs_raise_value_errors():
@@ -228,7 +199,7 @@ def test_invalid_inputs_raise_value_errors():
 @pytest.mark.parametrize("cuda_graphs", [False, True])
 @pytest.mark.parametrize("attention_backend", ["triton", "native", "torch"])
 def test_cuda_greedy_matches_hf_generate(attention_backend, cuda_graphs):
-    if attention_backend not in engine.attention.usable_decode_backends(torch.device("cuda"), torch.float32, 16):
+    if attention_backend not in attention.usable_decode_backends(torch.device("cuda"), torch.float32, 16):
         pytest.skip(f"{attention_backend} decode attention not usable here")
     model = tiny_qwen2().cuda()
     sampler = Sampler(model, block_size=16, kv_cache_tokens=2048, cuda_graphs=cuda_graphs,
@@ -241,8 +212,8 @@ def test_cuda_greedy_matches_hf_generate(attention_backend, cuda_graphs):
             expected = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16,
                                       min_new_tokens=16, eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
         assert [c.token_ids for c in completions] == [expected, expected]
-    assert sampler.backend == attention_backend
-    assert (sampler.graphs is not None) == (cuda_graphs and attention_backend != "torch")
+    assert sampler.runner.backend == attention_backend
+    assert (sampler.runner.graphs is not None) == (cuda_graphs and attention_backend != "torch")
 
 
 # ------------------------------------------------------------------ prefix cache
@@ -279,14 +250,39 @@ def test_prefix_cache_serves_later_calls_until_the_weights_change():
     assert after[0][0].token_ids == hf_greedy(model, prompts[0], 10)
 
 
-def test_inference_mode_weights_are_never_reused_across_calls():
-    with torch.inference_mode():  # inference tensors keep no version counter: a change could not be seen
+def test_inference_mode_weights_sample_like_hf_and_serve_later_calls():
+    with torch.inference_mode():
         model = tiny_qwen2()
     prompts = _shared_prefix_prompts(8, (2, 3))
     sampler = Sampler(model, block_size=4, kv_cache_tokens=256)
-    for _ in range(2):
+    for cached in (8, 16):  # within the first call, then both prompts' two full prefix blocks
         _check_greedy(model, sampler, prompts, n=1, new_tokens=4)
-        assert sampler.last_stats["cached_prompt_tokens"] == 8  # within a call only
+        assert sampler.last_stats["cached_prompt_tokens"] == cached
+
+
+def test_weights_changed_by_hand_loaded_or_replaced_empty_the_prefix_cache():
+    """An in-place edit outside an optimizer is announced with ``weights_changed()``; ``load_state_dict`` and a
+    replaced parameter are seen without a word. Each time the next call recomputes its prompts and matches HF."""
+    model = tiny_qwen2()
+    prompts = _shared_prefix_prompts(12, (2,))  # 3 full blocks of 4 cached after the first call
+    sampler = Sampler(model, block_size=4, kv_cache_tokens=256)
+    saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+    def generate_and_check(cached: int) -> None:
+        _check_greedy(model, sampler, prompts, n=1, new_tokens=6)
+        assert sampler.last_stats["cached_prompt_tokens"] == cached
+
+    generate_and_check(0)
+    generate_and_check(12)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+    sampler.weights_changed()
+    generate_and_check(0)
+    model.load_state_dict(saved)
+    generate_and_check(0)
+    generate_and_check(12)
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach() * 2)
+    generate_and_check(0)
 
 
 def test_prefix_caching_off_and_a_prompt_of_whole_blocks():

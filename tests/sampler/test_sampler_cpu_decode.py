@@ -1,56 +1,49 @@
-"""Native CPU decode-step ops (``effreason.sampler.fused_cpu``, float32 only) vs the torch code they replace.
+"""Native CPU decode ops (``effreason.sampler.cpu_decode``, float32 only) vs the torch code they replace.
 
 * ``rms_norm`` vs ``w * x / sqrt(mean(x^2) + eps)`` in float64 and vs ``F.rms_norm`` in float32;
-* ``silu_mul_`` vs ``silu(gate) * up`` in float64, in place, finite for |gate| up to 1e4;
-* ``rope_write_kv`` vs ``model._rotate`` on the gathered cos/sin rows, then ``attention.write_kv``: q/k
+* ``rope_write_kv`` vs ``layers.rotate`` on the gathered cos/sin rows, then ``attention.write_kv``: q/k
   rotated in place (nothing else in their buffers touched), value cache bit for bit, other slots unchanged;
 * ``gumbel_argmax`` vs the torch formula over ``sampling.uniform_noise``: the same tokens (the native logs
   agree to about 1 ulp), masked (-inf) tokens never drawn, reproducible;
-* ``linear`` (the decode step's AVX-512 products) vs ``F.linear`` in float64 over every register-tile shape,
-  bias and residual, strided rows; ATen's GEMM for a weight layout it does not take;
-* ``decode_layers`` (the whole decode forward, rows split over threads) vs ``PagedModel``'s layer-by-layer
-  torch path for Qwen2 (tied and untied) and Llama (biases everywhere, 3 query heads per KV head, llama3
-  RoPE): final hidden states and every layer's KV cache, at 1, 2 and 3 threads, 19 sequences of 1-33 tokens;
-* ``decode_round`` (several decode steps with the draw of each next token) vs ``decode_layers`` and
-  ``sampling.sample`` step by step: the same tokens, log-probs within 1e-6 and the same KV cache, greedy and
-  sampled, at 1, 2 and 3 threads;
+* ``linear`` / ``add_linear_`` (the decode step's AVX-512 products) vs ``F.linear`` in float64 over every
+  register-tile shape, bias and residual, strided rows; ATen's GEMM for a weight layout it does not take;
+* ``PagedModel``'s decode forward on the native ops vs the same forward on torch ops, for Qwen2 (tied and
+  untied), Llama (biases everywhere, 3 query heads per KV head, llama3 RoPE) and Qwen3 (q/k norms): final
+  hidden states, logits and every layer's KV cache, at 1, 2 and 3 threads, 19 sequences of 1-33 tokens;
 * bad input raises ValueError; every op passes ``torch.library.opcheck``.
 
 Two regression tests pin fixed bugs: ``uniform_noise`` returned exactly 1.0 once in 2^24 draws (a masked
 token was then drawn by torch, not natively), and the fake ``rms_norm`` kept a non-contiguous input's strides.
 
-Tolerances (``TOLERANCE``, rtol / atol of the float32 results): 1e-6 / 1e-7 against the float64 formulas
-(``silu_mul_``: atol 1e-30, its exp is clamped where silu(gate) < 1e-35), 1e-6 / 1e-6 against torch's
-float32 RoPE (about 1 ulp apart: the rounding order differs).
+Tolerances (``TOLERANCE``, rtol / atol of the float32 results): 1e-6 / 1e-7 against the float64 formulas,
+1e-6 / 1e-6 against torch's float32 RoPE (about 1 ulp apart: the rounding order differs), 1e-5 / 1e-5 for
+the whole forward.
 """
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from test_sampler_gumbel_kernel import _torch_gumbel_argmax
 
-from sampler_models import VOCAB, tiny_llama, tiny_qwen2
+from sampler_models import VOCAB, tiny_llama, tiny_qwen2, tiny_qwen3
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from effreason.sampler import fused_cpu
-from effreason.sampler import model as model_module
+from effreason.sampler import cpu_decode
 from effreason.sampler.attention import AttentionMetadata, write_kv
-from effreason.sampler.model import PagedModel, _rotate
-from effreason.sampler.params import SamplingParams
-from effreason.sampler.sampling import sample, uniform_noise
+from effreason.sampler.models import paged_model
+from effreason.sampler.models.layers import rotate
+from effreason.sampler.sampling import uniform_noise
 
-pytestmark = pytest.mark.skipif(not fused_cpu._has_ops(),
-                                reason="effreason._C not built, or built without the csrc/decode_step ops")
+pytestmark = pytest.mark.skipif(not cpu_decode._has_ops(),
+                                reason="effreason._C not built, or built without the csrc/cpu_decode ops")
 
 TOLERANCE = {
     "rms_norm": dict(rtol=1e-6, atol=1e-7),  # vs float64, and vs F.rms_norm in float32
-    "silu_mul": dict(rtol=1e-6, atol=1e-30),  # vs float64
     "rope": dict(rtol=1e-6, atol=1e-6),  # vs model._rotate in float32
-    "decode_layers": dict(rtol=1e-5, atol=1e-5),  # vs the layer-by-layer path: ~1 ulp per op over 2 layers
+    "forward": dict(rtol=1e-5, atol=1e-5),  # native vs torch ops: ~1 ulp per op over 2 layers
     "linear": dict(rtol=1e-5, atol=5e-5),  # vs float64: float32 sums of up to 700 products of N(0, 1) values
 }
 EPS = 1e-6
@@ -67,35 +60,12 @@ def test_rms_norm_matches_float64_formula_and_torch(shape, contiguous):
     if not contiguous:
         x = x.t().contiguous().t()
     weight = torch.randn(size, generator=generator)
-    out = fused_cpu.rms_norm(x, weight, EPS)
+    out = cpu_decode.rms_norm(x, weight, EPS)
     assert out.shape == x.shape and out.dtype == torch.float32
     x64 = x.double()
     expected = weight.double() * x64 / torch.sqrt(x64.square().mean(-1, keepdim=True) + EPS)
     torch.testing.assert_close(out.double(), expected, **TOLERANCE["rms_norm"])
     torch.testing.assert_close(out, F.rms_norm(x, (size,), weight, EPS), **TOLERANCE["rms_norm"])
-
-
-# ------------------------------------------------------------------ SwiGLU
-def _check_silu_mul(gate: torch.Tensor, up: torch.Tensor) -> None:
-    """``silu_mul_(gate, up)`` writes ``silu(gate) * up`` (float64 formula) into ``gate``, leaves ``up``."""
-    expected = F.silu(gate.double()) * up.double()
-    up_before, address = up.clone(), gate.data_ptr()
-    out = fused_cpu.silu_mul_(gate, up)
-    assert out is gate and gate.data_ptr() == address
-    assert torch.equal(up, up_before)
-    assert torch.isfinite(gate).all()
-    torch.testing.assert_close(gate.double(), expected, **TOLERANCE["silu_mul"])
-
-
-@pytest.mark.parametrize("shape", [(1,), (7,), (3, 1001), (2, 5, 4099)])  # the last: several threads' spans
-def test_silu_mul_matches_float64_formula_in_place(shape):
-    generator = torch.Generator().manual_seed(math.prod(shape))
-    _check_silu_mul(10 * torch.randn(shape, generator=generator), torch.randn(shape, generator=generator))
-
-
-def test_silu_mul_is_finite_for_large_gates():
-    gate = torch.tensor([0.0, 1e-30, -1e-30, 20, -20, 87, -87, 88, -88, 90, -90, 100, -100, 1e4, -1e4])
-    _check_silu_mul(gate, torch.linspace(-3, 3, gate.numel()))
 
 
 # ------------------------------------------------------------------ RoPE + KV-cache write
@@ -161,14 +131,14 @@ def test_rope_write_kv_matches_rotate_and_write_kv(case, tables):
     expected = [buffer.clone() for buffer in buffers]
     query, key, value = views(expected)
     cos, sin = (table.index_select(0, positions)[:, None] for table in (cos_table, sin_table))  # (N, 1, D)
-    rotated_query, rotated_key = _rotate(query, cos, sin), _rotate(key, cos, sin)
+    rotated_query, rotated_key = rotate(query, cos, sin), rotate(key, cos, sin)
     query.copy_(rotated_query)
     key.copy_(rotated_key)
     expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
     write_kv(expected_k_cache, expected_v_cache, key, value, slots)
 
     k_before, v_before = k_cache.clone(), v_cache.clone()
-    fused_cpu.rope_write_kv(*views(buffers), cos_table, sin_table, positions, k_cache, v_cache, slots)
+    cpu_decode.rope_write_kv(*views(buffers), cos_table, sin_table, positions, k_cache, v_cache, slots)
     for buffer, expected_buffer in zip(buffers, expected):  # rotated in place; padding and value untouched
         torch.testing.assert_close(buffer, expected_buffer, **TOLERANCE["rope"])
     torch.testing.assert_close(k_cache, expected_k_cache, **TOLERANCE["rope"])
@@ -203,11 +173,11 @@ def _truncated_log_probs(num_rows: int, vocab: int, generator) -> tuple[torch.Te
 @pytest.mark.parametrize("num_rows", [1, 3, 64])
 def test_gumbel_argmax_matches_torch_formula(num_rows, vocab):
     log_probs, keys, steps = _truncated_log_probs(num_rows, vocab, torch.Generator().manual_seed(num_rows + vocab))
-    tokens = fused_cpu.gumbel_argmax(log_probs, keys, steps)
+    tokens = cpu_decode.gumbel_argmax(log_probs, keys, steps)
     assert tokens.dtype == torch.int64 and tokens.shape == (num_rows,)
     assert torch.equal(tokens, _torch_gumbel_argmax(log_probs, keys, steps))
     assert torch.isfinite(log_probs.gather(1, tokens[:, None])).all()  # masked tokens never drawn
-    assert torch.equal(fused_cpu.gumbel_argmax(log_probs.clone(), keys.clone(), steps.clone()), tokens)
+    assert torch.equal(cpu_decode.gumbel_argmax(log_probs.clone(), keys.clone(), steps.clone()), tokens)
 
 
 @pytest.mark.parametrize("vocab", [1, 2, 513, 50000])
@@ -222,7 +192,7 @@ def test_gumbel_sample_is_log_softmax_then_the_draw(num_rows, vocab):
         logits[:, ::3] = float("-inf")
     keys = torch.randint(-2**62, 2**62, (num_rows,), generator=generator)
     steps = torch.randint(0, 1000, (num_rows,), generator=generator)
-    tokens, log_probs = fused_cpu.gumbel_sample(logits, keys, steps)
+    tokens, log_probs = cpu_decode.gumbel_sample(logits, keys, steps)
     reference = torch.log_softmax(logits, dim=-1)
     assert tokens.dtype == torch.int64 and log_probs.dtype == torch.float32 and tokens.shape == log_probs.shape
     assert torch.equal(tokens, _torch_gumbel_argmax(reference, keys, steps))
@@ -235,7 +205,7 @@ def test_gumbel_sample_rejects_bad_input():
     for bad in [(logits.double(), keys, steps), (logits.t(), keys, steps), (logits[:, :0], keys, steps),
                 (logits, keys[:2], steps), (logits, keys, steps.int())]:
         with pytest.raises(ValueError):
-            fused_cpu.gumbel_sample(*bad)
+            cpu_decode.gumbel_sample(*bad)
 
 
 def test_gumbel_argmax_strided_rows_and_nan_like_torch():
@@ -244,7 +214,7 @@ def test_gumbel_argmax_strided_rows_and_nan_like_torch():
     log_probs = wide[:, :1029]  # row stride 1100
     log_probs[2, 700] = log_probs[2, 900] = float("nan")  # torch.argmax: the first NaN
     keys, steps = torch.arange(4) * 977, torch.full((4,), 3)
-    tokens = fused_cpu.gumbel_argmax(log_probs, keys, steps)
+    tokens = cpu_decode.gumbel_argmax(log_probs, keys, steps)
     assert torch.equal(tokens, _torch_gumbel_argmax(log_probs, keys, steps))
     assert tokens[2] == 700
 
@@ -256,7 +226,7 @@ def test_gumbel_argmax_never_draws_a_masked_token():
     keys, steps, masked = torch.tensor([0]), torch.tensor([537]), 43736
     log_probs = torch.log_softmax(torch.randn(1, 50_000, generator=torch.Generator().manual_seed(0)), dim=-1)
     log_probs[0, masked] = float("-inf")
-    tokens = fused_cpu.gumbel_argmax(log_probs, keys, steps)
+    tokens = cpu_decode.gumbel_argmax(log_probs, keys, steps)
     assert torch.equal(tokens, _torch_gumbel_argmax(log_probs, keys, steps))  # were 43736 (torch) and another
     assert bool((uniform_noise(keys, steps, 50_000) < 1).all())
 
@@ -277,37 +247,40 @@ def _rope_args(num_tokens=2, heads=4, kv_heads=2, dim=8, num_blocks=3):
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_linear_matches_float64(rows, depth, cols, with_bias, with_residual, num_threads):
-    """Every register-tile shape (row and column tails, K with and without a masked tail), bias and residual;
-    x rows strided (a column slice of a wider tensor)."""
+    """Every register-tile shape (row and column tails, K with and without a masked tail), bias, and a residual
+    updated in place (``add_linear_``); x rows strided (a column slice of a wider tensor)."""
     generator = torch.Generator().manual_seed(rows * 1000 + depth)
     x = torch.randn(rows, depth + 3, generator=generator)[:, 1:depth + 1]
     weight = torch.randn(cols, depth, generator=generator)
     bias = torch.randn(cols, generator=generator) if with_bias else None
-    residual = torch.randn(rows, cols, generator=generator) if with_residual else None
     expected = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
-    if residual is not None:
+    if with_residual:
+        residual = torch.randn(rows, cols, generator=generator)
         expected += residual.double()
-    before = None if residual is None else residual.clone()
-    got = fused_cpu.linear(x, weight, bias, residual)
+        got = cpu_decode.add_linear_(residual, x, weight, bias)
+        assert got is residual
+    else:
+        got = cpu_decode.linear(x, weight, bias)
     assert got.shape == (rows, cols) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, **TOLERANCE["linear"])
-    if residual is not None:
-        assert torch.equal(residual, before)  # out of place
 
 
 def test_linear_takes_a_weight_in_any_layout():
     """A transposed (non-contiguous) weight goes to ATen's GEMM: the same result."""
     x, weight, bias = torch.randn(9, 24), torch.randn(24, 10).t(), torch.randn(10)
-    torch.testing.assert_close(fused_cpu.linear(x, weight, bias, torch.ones(9, 10)), F.linear(x, weight, bias) + 1,
-                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(cpu_decode.linear(x, weight, bias), F.linear(x, weight, bias), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(cpu_decode.add_linear_(torch.ones(9, 10), x, weight, bias),
+                               F.linear(x, weight, bias) + 1, rtol=1e-6, atol=1e-6)
 
 
 def test_linear_rejects_bad_input():
     x, weight = torch.randn(3, 8), torch.randn(5, 8)
-    for bad in [(x.double(), weight), (x, weight[:, :7]), (x[0], weight), (x, weight, torch.randn(4)),
-                (x, weight, None, torch.randn(3, 4)), (x, weight, None, torch.randn(3, 5).double())]:
+    for bad in [(x.double(), weight), (x, weight[:, :7]), (x[0], weight), (x, weight, torch.randn(4))]:
         with pytest.raises(ValueError):
-            fused_cpu.linear(*bad)
+            cpu_decode.linear(*bad)
+    for residual in [torch.randn(3, 4), torch.randn(3, 5).double(), torch.randn(5, 3).t()]:
+        with pytest.raises(ValueError):
+            cpu_decode.add_linear_(residual, x, weight)
 
 
 # ------------------------------------------------------------------ whole decode forward
@@ -330,14 +303,15 @@ def _llama_with_mlp_bias() -> LlamaForCausalLM:
 
 
 DECODE_MODELS = {"qwen2": tiny_qwen2, "qwen2_tied": lambda: tiny_qwen2(tied=True), "llama": tiny_llama,
-                 "llama_mlp_bias": _llama_with_mlp_bias}
+                 "llama_mlp_bias": _llama_with_mlp_bias, "qwen3": tiny_qwen3}
 
 
 def _decode_step(model, context_lens, seed: int = 0):
-    """PagedModel of ``model``, a KV cache of random past keys and values, and one decode step's inputs:
-    (paged, input_ids, positions, kv_cache, meta); sequence s is at position ``context_lens[s] - 1``."""
+    """PagedModel of ``model`` (weights bound), a KV cache of random past keys and values, and one decode step's
+    inputs: (paged, input_ids, positions, kv_cache, meta); sequence s is at position ``context_lens[s] - 1``."""
     generator = torch.Generator().manual_seed(seed)
-    paged = PagedModel(model)
+    paged = paged_model(model)
+    paged.bind_weights()
     blocks = [-(-length // DECODE_BLOCK_SIZE) for length in context_lens]
     num_blocks = sum(blocks) + 3
     order = torch.randperm(num_blocks, generator=generator).to(torch.int32)  # scattered, distinct blocks
@@ -367,101 +341,28 @@ def num_threads(request):
 
 
 @pytest.mark.parametrize("model_name", DECODE_MODELS)
-def test_decode_layers_matches_the_layer_by_layer_path(model_name, num_threads, monkeypatch):
+def test_native_decode_forward_matches_the_torch_ops(model_name, num_threads, monkeypatch):
+    """One decode step on the native ops (products, norms, SwiGLU, RoPE + cache write, attention) against the
+    same forward on torch ops: hidden states, logits and every layer's KV cache."""
     paged, input_ids, positions, cache, meta = _decode_step(DECODE_MODELS[model_name](), CONTEXT_LENS)
     reference_cache = cache.clone()
     calls = []
-    decode_layers = fused_cpu.decode_layers
-    monkeypatch.setattr(fused_cpu, "decode_layers", lambda *args: calls.append(1) or decode_layers(*args))
+    add_linear_ = cpu_decode.add_linear_
+    monkeypatch.setattr(cpu_decode, "add_linear_", lambda *args: calls.append(1) or add_linear_(*args))
     with torch.no_grad():
-        fused = paged.forward(input_ids, positions, cache, meta, "native")
-        monkeypatch.setattr(fused_cpu, "usable", lambda tensor: False)  # torch ops layer by layer
-        reference = paged.forward(input_ids, positions, reference_cache, meta, "native")
-    assert calls == [1]
-    torch.testing.assert_close(fused, reference, **TOLERANCE["decode_layers"])
-    torch.testing.assert_close(cache, reference_cache, **TOLERANCE["decode_layers"])
+        hidden = paged.forward(input_ids, positions, cache, meta, "native")
+        logits = paged.logits(hidden)
+        monkeypatch.setattr(cpu_decode, "usable", lambda tensor: False)  # torch ops, the native attention kept
+        reference_hidden = paged.forward(input_ids, positions, reference_cache, meta, "native")
+        reference_logits = paged.logits(reference_hidden)
+    assert len(calls) == 2 * paged.num_layers  # o_proj and down_proj of every layer
+    torch.testing.assert_close(hidden, reference_hidden, **TOLERANCE["forward"])
+    torch.testing.assert_close(logits, reference_logits, **TOLERANCE["forward"])
+    torch.testing.assert_close(cache, reference_cache, **TOLERANCE["forward"])
 
 
-@pytest.mark.parametrize("model_name", ["qwen2", "qwen2_tied"])
-def test_decode_layers_computes_the_logits_with_the_lm_head(model_name, num_threads, monkeypatch):
-    """``forward(logits=True)`` folds the LM head (tied or not) into the op: the logits of the torch path."""
-    paged, input_ids, positions, cache, meta = _decode_step(DECODE_MODELS[model_name](), CONTEXT_LENS)
-    reference_cache = cache.clone()
-    with torch.no_grad():
-        fused = paged.forward(input_ids, positions, cache, meta, "native", logits=True)
-        monkeypatch.setattr(fused_cpu, "usable", lambda tensor: False)
-        reference = paged.forward(input_ids, positions, reference_cache, meta, "native", logits=True)
-    assert fused.shape == (len(CONTEXT_LENS), VOCAB)
-    torch.testing.assert_close(fused, reference, **TOLERANCE["decode_layers"])
-
-
-ROUND_STEPS = 3
-
-
-def _decode_round_inputs(model):
-    """A decode step's state (``_decode_step``) with room for ``ROUND_STEPS`` steps: positions, slots and context
-    lengths (steps, B), the rows' stream keys and first steps."""
-    paged, input_ids, _, cache, meta = _decode_step(model, [length + ROUND_STEPS - 1 for length in CONTEXT_LENS])
-    positions = torch.tensor(CONTEXT_LENS)[None] - 1 + torch.arange(ROUND_STEPS)[:, None]  # (steps, B)
-    tables = meta.block_tables
-    slots = tables.long()[None].expand(ROUND_STEPS, -1, -1).gather(2, (positions // DECODE_BLOCK_SIZE)[..., None])[..., 0]
-    slots = slots * DECODE_BLOCK_SIZE + positions % DECODE_BLOCK_SIZE
-    keys = torch.randint(-2**62, 2**62, (len(CONTEXT_LENS),), generator=torch.Generator().manual_seed(5))
-    first_steps = torch.arange(len(CONTEXT_LENS)) * 7
-    return paged, input_ids, positions, cache, slots, tables, (positions + 1).to(torch.int32), keys, first_steps
-
-
-@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
-@pytest.mark.parametrize("model_name", ["qwen2", "qwen2_tied", "llama_mlp_bias"])
-def test_decode_round_is_decode_steps_each_sampled(model_name, temperature, num_threads):
-    """``decode_round`` = per step ``forward(logits=True)`` (``decode_layers``) and ``sampling.sample`` of the
-    drawn tokens fed back: same tokens, log-probs and cache."""
-    paged, input_ids, positions, cache, slots, tables, lens, keys, first_steps = \
-        _decode_round_inputs(DECODE_MODELS[model_name]())
-    reference_cache = cache.clone()
-    params = SamplingParams(temperature=temperature, max_tokens=ROUND_STEPS)
-    with torch.no_grad():
-        tokens, logprobs, trainer = paged.decode_round(input_ids, positions, cache, slots, tables, lens, keys,
-                                                       first_steps, temperature)
-        expected, current = [], input_ids
-        for step in range(ROUND_STEPS):
-            meta = AttentionMetadata(is_prefill=False, slot_mapping=slots[step], block_tables=tables,
-                                     context_lens=lens[step])
-            logits = paged.forward(current, positions[step], reference_cache, meta, "native", logits=True)
-            expected.append(sample(logits, params, keys, first_steps + step))
-            current = expected[-1][0]
-    assert tokens.shape == logprobs.shape == trainer.shape == (len(CONTEXT_LENS), ROUND_STEPS)
-    assert torch.equal(tokens, torch.stack([drawn[0] for drawn in expected], 1))
-    for index, got in ((1, logprobs), (2, trainer)):
-        torch.testing.assert_close(got, torch.stack([drawn[index] for drawn in expected], 1), rtol=0, atol=1e-6)
-    torch.testing.assert_close(cache, reference_cache, rtol=0, atol=0)
-
-
-def test_decode_round_rejects_bad_input():
-    paged, input_ids, positions, cache, slots, tables, lens, keys, first_steps = _decode_round_inputs(tiny_qwen2())
-    args = dict(input_ids=input_ids, positions=positions, kv_cache=cache, slot_mapping=slots, block_tables=tables,
-                context_lens=lens, keys=keys, steps=first_steps, temperature=1.0)
-    for bad in [dict(input_ids=input_ids.int()), dict(positions=positions[0]), dict(slot_mapping=slots[:1]),
-                dict(context_lens=lens[:, :3]), dict(keys=keys[:3]), dict(steps=first_steps.int()),
-                dict(temperature=-1.0), dict(temperature=math.inf), dict(kv_cache=cache.double())]:
-        with pytest.raises(ValueError), torch.no_grad():
-            paged.decode_round(**(args | bad))
-    with pytest.raises(ValueError, match="LM head"), torch.no_grad():
-        weights = paged._decode_weights(None)
-        fused_cpu.decode_round(input_ids, paged.decoder.embed_tokens.weight, weights, *paged._rope_tables, positions,
-                               cache, slots, tables, lens, keys, first_steps, paged.num_heads, paged.eps, paged.scale,
-                               1.0)
-
-
-def _decode_round_args():
-    paged, input_ids, positions, cache, slots, tables, lens, keys, first_steps = _decode_round_inputs(tiny_qwen2())
-    weights = [None if w is None else w.detach() for w in paged._decode_weights(paged._lm_head_slot)]
-    return (input_ids, paged.decoder.embed_tokens.weight.detach(), weights, *paged._rope_tables, positions, cache,
-            slots, tables, lens, keys, first_steps, paged.num_heads, paged.eps, paged.scale, 1.0)
-
-
-def test_decode_layers_sees_weights_changed_in_place():
-    """No copy of the weights: an in-place update shows in the next call, as in ``PagedModel.forward``."""
+def test_native_forward_sees_weights_changed_in_place():
+    """No copy of the weights: an in-place update shows in the next forward."""
     model = tiny_qwen2()
     paged, input_ids, positions, cache, meta = _decode_step(model, CONTEXT_LENS)
     with torch.no_grad():
@@ -471,62 +372,31 @@ def test_decode_layers_sees_weights_changed_in_place():
     assert not torch.allclose(before, after)
 
 
-def test_decode_layers_only_for_cached_weights_or_enough_rows_per_thread(monkeypatch):
-    """Weights beyond the cache threshold: the fused path needs FUSED_DECODE_MIN_ROWS_PER_THREAD rows a thread."""
-    paged = _decode_step(tiny_qwen2(), CONTEXT_LENS)[0]
+def test_native_products_only_for_cached_weights_or_enough_rows_per_thread(monkeypatch):
+    """Weights beyond the cache threshold: the native products need MIN_ROWS_PER_THREAD rows a thread."""
     rows = len(CONTEXT_LENS)
-    assert paged.fused_decode(rows, "native")
-    assert not paged.fused_decode(rows, "torch")
-    monkeypatch.setattr(model_module, "FUSED_DECODE_CACHED_WEIGHT_BYTES", 0)
-    monkeypatch.setattr(model_module, "FUSED_DECODE_MIN_ROWS_PER_THREAD", len(CONTEXT_LENS))
+    assert cpu_decode.products_pay(cpu_decode.CACHED_WEIGHT_BYTES, 1)
+    monkeypatch.setattr(cpu_decode, "MIN_ROWS_PER_THREAD", rows)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert paged.fused_decode(rows, "native")
+        assert cpu_decode.products_pay(cpu_decode.CACHED_WEIGHT_BYTES + 1, rows)
         torch.set_num_threads(2)
-        assert not paged.fused_decode(rows, "native")
+        assert not cpu_decode.products_pay(cpu_decode.CACHED_WEIGHT_BYTES + 1, rows)
     finally:
         torch.set_num_threads(before)
-
-
-def _decode_layers_args(model=None):
-    paged, input_ids, positions, cache, meta = _decode_step(model or tiny_qwen2(), CONTEXT_LENS[:5])
-    hidden = paged.decoder.embed_tokens.weight.detach()[input_ids]
-    weights = [None if p is None else p.detach() for p in (params.get(name) for params, name in paged._decode_weight_slots)]
-    weights.append(None)  # no LM head: hidden states out
-    return (hidden, weights, *paged._rope_tables, positions, cache, meta.slot_mapping, meta.block_tables,
-            meta.context_lens, paged.num_heads, paged.eps, paged.scale)
-
-
-def test_decode_layers_rejects_bad_input():
-    args = _decode_layers_args()
-    weights = args[1]
-    float64_q = weights[:1] + [weights[1].double()] + weights[2:]
-    missing_q = weights[:1] + [None] + weights[2:]
-    for bad in [dict(hidden=args[0].double()), dict(weights=weights[:-1]), dict(weights=float64_q),
-                dict(weights=missing_q), dict(weights=weights[:-2] + [None, None]),  # no final norm
-                dict(weights=weights[:-1] + [torch.randn(VOCAB, args[0].shape[1] + 1)]),  # LM head of another width
-                dict(weights=weights[:-1] + [torch.randn(VOCAB, args[0].shape[1]).double()]),
-                dict(kv_cache=args[5][0]), dict(kv_cache=args[5].double())]:
-        named = dict(zip(["hidden", "weights", "cos", "sin", "positions", "kv_cache"], args[:6])) | bad
-        with pytest.raises(ValueError):
-            fused_cpu.decode_layers(*named.values(), *args[6:])
 
 
 def _gumbel_args():
     return torch.randn(3, 11).log_softmax(-1), torch.tensor([1, 2, 3]), torch.tensor([0, 5, 9])
 
 
-def test_rms_norm_and_silu_mul_reject_bad_input():
+def test_rms_norm_rejects_bad_input():
     x, weight = torch.randn(3, 8), torch.randn(8)
     for bad_x, bad_weight in [(x.double(), weight), (x, weight.double()), (x, weight[:7]), (x[None], weight),
                               (x.to(torch.bfloat16), weight)]:
         with pytest.raises(ValueError):
-            fused_cpu.rms_norm(bad_x, bad_weight, EPS)
-    gate, up = torch.randn(3, 8), torch.randn(3, 8)
-    for bad_gate, bad_up in [(gate.double(), up.double()), (gate, up.double()), (gate, up[:2]), (gate.t(), up.t())]:
-        with pytest.raises(ValueError):
-            fused_cpu.silu_mul_(bad_gate, bad_up)
+            cpu_decode.rms_norm(bad_x, bad_weight, EPS)
 
 
 @pytest.mark.parametrize("name, bad", [
@@ -548,12 +418,12 @@ def test_rms_norm_and_silu_mul_reject_bad_input():
 ])
 def test_rope_write_kv_rejects_bad_input(name, bad):
     with pytest.raises(ValueError):
-        fused_cpu.rope_write_kv(**(_rope_args() | {name: bad}))
+        cpu_decode.rope_write_kv(**(_rope_args() | {name: bad}))
 
 
 def test_rope_write_kv_rejects_an_odd_head_dim():
     with pytest.raises(ValueError):
-        fused_cpu.rope_write_kv(**_rope_args(dim=7))
+        cpu_decode.rope_write_kv(**_rope_args(dim=7))
 
 
 def test_gumbel_argmax_rejects_bad_input():
@@ -561,17 +431,15 @@ def test_gumbel_argmax_rejects_bad_input():
     for bad in [(log_probs.double(), keys, steps), (log_probs, keys[:2], steps), (log_probs, keys, steps[:, None]),
                 (log_probs, keys, steps.int()), (log_probs.t(), keys, steps), (log_probs[0], keys, steps)]:
         with pytest.raises(ValueError):
-            fused_cpu.gumbel_argmax(*bad)
+            cpu_decode.gumbel_argmax(*bad)
 
 
 @pytest.mark.parametrize("op, make_args", [
     ("rms_norm", lambda: (torch.randn(3, 7), torch.randn(7), EPS)),
-    ("silu_mul_", lambda: (torch.randn(3, 7), torch.randn(3, 7))),
     ("rope_write_kv", lambda: tuple(_rope_args().values())),
     ("gumbel_argmax", _gumbel_args),
-    ("decode_layers", _decode_layers_args),
-    ("decode_round", _decode_round_args),
-    ("linear", lambda: (torch.randn(7, 20), torch.randn(5, 20), torch.randn(5), torch.randn(7, 5))),
+    ("linear", lambda: (torch.randn(7, 20), torch.randn(5, 20), torch.randn(5))),
+    ("add_linear_", lambda: (torch.randn(7, 5), torch.randn(7, 20), torch.randn(5, 20), torch.randn(5))),
 ])
 def test_opcheck(op, make_args):
     torch.library.opcheck(getattr(torch.ops.effreason, op).default, make_args())

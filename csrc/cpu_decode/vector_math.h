@@ -1,6 +1,6 @@
 // Elementwise float math written so that GCC vectorises the loops calling it, plus the switch that
 // compiles a hot loop for AVX-512, AVX2+FMA and baseline x86-64 and picks one at load time.
-// Used by the CPU ops in csrc/paged_attention and csrc/decode_step.
+// Used by the CPU ops in csrc/cpu_decode and csrc/paged_attention.
 #pragma once
 
 #include <algorithm>
@@ -32,7 +32,7 @@ __attribute__((always_inline)) inline int32_t bits_from_float(float value) {
   return bits;
 }
 
-// exp_approx's constants (shared with the AVX-512 version in csrc/paged_attention/paged_attention_avx512.cpp).
+// exp_approx's constants.
 namespace exp_constants {
 constexpr float kMin = -87.f, kMax = 88.f;  // e^x is 0 below kMin; x is clamped to kMax (e^88 ~ 1.7e38)
 constexpr float kLog2e = 1.4426950408889634f, kLn2Hi = 0.693145751953125f, kLn2Lo = 1.428606765330187e-06f;

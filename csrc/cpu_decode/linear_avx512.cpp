@@ -1,4 +1,5 @@
-// AVX-512 float32 x W^T for decode-sized products; see linear_avx512.h.
+// AVX-512 float32 x W^T for decode-sized products; see linear_avx512.h. x86-64 GCC / Clang only; elsewhere
+// linear_takes() is false and linear.cpp uses ATen's GEMM.
 //
 // Weights stay in their (N, K) nn.Linear layout, so there is no packed copy: a register tile of kRows x
 // kCols outputs keeps one zmm of partial sums per output, fed along K 16 floats at a time (one load of
@@ -6,16 +7,19 @@
 // partial-sum vectors are added lane-quad-wise (sum_lane_quads) and folded to four floats.
 // Loop order: weight tiles outer (kCols rows of W stay in L1 while every x row tile passes), so each
 // weight is read from the outer caches once per call; while one weight tile computes, the next one is
-// prefetched a slice per row tile. At decode the weights come from L3 or DRAM (a whole model's do not
-// fit L2), and MKL's product, which waits for them, took 5.5-5.8 ms for the tiny bench model's products
-// at 64 rows on one thread where this one takes 3.9-4.1 ms (2-core Zen 4 VM, bench/RESULTS.md).
-#include "linear/linear_avx512.h"
+// prefetched a slice per row tile. At decode the weights come from L3 or DRAM (a whole model's do not fit
+// L2), where a product that waits for them, as a packing GEMM does, is slower (bench/RESULTS.md).
+#include "cpu_decode/linear_avx512.h"
 
 #include <algorithm>
 
-#include "cpu/avx512.h"
-
 #if defined(__x86_64__) && defined(__GNUC__)
+// GCC 12 flags the deliberately undefined registers inside its own AVX-512 intrinsics as uninitialised.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#define EFFREASON_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq")))
 
 namespace effreason::avx512 {
 namespace {
@@ -23,8 +27,15 @@ namespace {
 constexpr int kRows = 6;  // x rows per register tile
 constexpr int kCols = 4;  // weight rows (outputs) per register tile: 24 accumulators + 6 x + 1 w registers
 constexpr int64_t kLine = 64;  // bytes per cache line
-// The tile's loops over rows and columns carry `#pragma GCC unroll`: unrolled only partially, GCC kept the
-// accumulators in memory and the product ran at 80 instead of 101 GFLOP/s (M 64, K 256, N 256).
+// The tile's loops over rows and columns carry `#pragma GCC unroll`: unrolled only partially, GCC keeps the
+// accumulators in memory instead of registers.
+
+// Lane (h, i) = sum_j v_i lane (h, j): the four quad totals of each 128-bit lane h of four vectors v_0..v_3.
+EFFREASON_AVX512 inline __m512 sum_lane_quads(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_ps(v0, v1, 0x44), _mm512_shuffle_ps(v0, v1, 0xEE));
+  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_ps(v2, v3, 0x44), _mm512_shuffle_ps(v2, v3, 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x88), _mm512_shuffle_ps(s01, s23, 0xDD));
+}
 
 // The full sums of four vectors, [sum v0, sum v1, sum v2, sum v3].
 EFFREASON_AVX512 inline __m128 sum_four(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
@@ -119,7 +130,12 @@ EFFREASON_AVX512 void any_tile(int64_t rows, const float* x, int64_t x_stride, c
 
 }  // namespace
 
-bool linear_takes() { return cpu_has_avx512(); }
+// Whether this CPU has the AVX-512 subsets (F, VL, DQ) that EFFREASON_AVX512 code uses.
+bool linear_takes() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512dq");
+  return has;
+}
 
 void linear(const float* x, int64_t x_stride, const float* w, int64_t w_stride, const float* bias, float* out,
             int64_t out_stride, int64_t rows, int64_t cols, int64_t depth, bool accumulate) {

@@ -1,16 +1,15 @@
-// Fused CPU ops of the sampler's decode step (effreason/sampler/fused_cpu.py), float32. Each replaces
+// Fused CPU ops of the sampler's decode step (effreason/sampler/cpu_decode.py), float32. Each replaces
 // a chain of small torch ops whose per-op overhead and (N, C) temporaries dominate at decode sizes; the
-// torch versions they replace are the reference (effreason/sampler/model.py, attention.py, sampling.py).
+// torch versions they replace are the reference (effreason/sampler/models/layers.py, sampling.py).
 //
-//   rms_norm(x, w, eps)[n]      = w * (x[n] * rsqrt(mean_c x[n, c]^2 + eps))       (HF Qwen2/Llama RMSNorm)
-//   silu_mul_(gate, up)          : gate = gate / (1 + e^-gate) * up                  (SwiGLU, in place)
+//   rms_norm(x, w, eps)[n]      = w * (x[n] * rsqrt(mean_c x[n, c]^2 + eps))       (HF's RMSNorm)
 //   rope_write_kv(q, k, v, ...)  : q, k rotated in place (half-split RoPE at each token's position),
 //                                  then k, v stored at each token's cache slot (slots distinct)
 //   gumbel_argmax(lp, keys, steps)[b] = argmax_v lp[b, v] - log(-log U[b, v])   (U: sampling.uniform_noise)
 //   gumbel_sample(x, keys, steps)      = (gumbel_argmax(lp, keys, steps), lp[b, token])  with lp = log_softmax(x)
 //
 // The Gumbel noise uses the same 64-bit counter hash as the torch version, so the uniforms are bit
-// for bit the same; the two logs are vectorised (csrc/cpu/vector_math.h) and agree to about 1 ulp.
+// for bit the same; the two logs are vectorised (vector_math.h) and agree to about 1 ulp.
 // Work is split over rows / tokens with at::parallel_for (OpenMP: setup.py compiles with -fopenmp).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -21,7 +20,7 @@
 #include <cstring>
 #include <limits>
 
-#include "cpu/vector_math.h"
+#include "cpu_decode/vector_math.h"
 
 namespace effreason {
 namespace {
@@ -65,24 +64,6 @@ at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double ep
     }
   });
   return out;
-}
-
-// ------------------------------------------------------------------ SwiGLU
-EFFREASON_CPU_CLONES
-void silu_mul_span(float* gate, const float* up, int64_t size) {
-  for (int64_t i = 0; i < size; ++i) gate[i] = gate[i] / (1.f + cpu::exp_approx(-gate[i])) * up[i];
-}
-
-void silu_mul_cpu(at::Tensor& gate, const at::Tensor& up) {
-  check_float_cpu(gate, "gate");
-  check_float_cpu(up, "up");
-  TORCH_CHECK_VALUE(gate.sizes() == up.sizes() && gate.is_contiguous() && up.is_contiguous(),
-                    "gate and up must be contiguous tensors of one shape");
-  float* gate_ptr = gate.data_ptr<float>();
-  const float* up_ptr = up.data_ptr<float>();
-  at::parallel_for(0, gate.numel(), 4096, [&](int64_t begin, int64_t end) {
-    silu_mul_span(gate_ptr + begin, up_ptr + begin, end - begin);
-  });
 }
 
 // ------------------------------------------------------------------ RoPE + KV-cache write
@@ -276,7 +257,6 @@ std::tuple<at::Tensor, at::Tensor> gumbel_sample_cpu(const at::Tensor& logits, c
 
 TORCH_LIBRARY_FRAGMENT(effreason, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
-  m.def("silu_mul_(Tensor(a!) gate, Tensor up) -> ()");
   m.def("rope_write_kv(Tensor(a!) query, Tensor(b!) key, Tensor value, Tensor cos_table, Tensor sin_table, "
         "Tensor positions, Tensor(c!) k_cache, Tensor(d!) v_cache, Tensor slot_mapping) -> ()");
   m.def("gumbel_argmax(Tensor log_probs, Tensor keys, Tensor steps) -> Tensor");
@@ -285,7 +265,6 @@ TORCH_LIBRARY_FRAGMENT(effreason, m) {
 
 TORCH_LIBRARY_IMPL(effreason, CPU, m) {
   m.impl("rms_norm", &rms_norm_cpu);
-  m.impl("silu_mul_", &silu_mul_cpu);
   m.impl("rope_write_kv", &rope_write_kv_cpu);
   m.impl("gumbel_argmax", &gumbel_argmax_cpu);
   m.impl("gumbel_sample", &gumbel_sample_cpu);
