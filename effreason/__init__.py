@@ -14,6 +14,7 @@ Parts, one module or folder each:
 * ``effreason.grading``     answer extraction and math-verify grading; ``effreason.data`` the one data layer
                             (dataset specs and ``score_response``) of training, evaluation and the sweep.
 * ``effreason.eval``        ``python -m effreason.eval``; ``effreason.sweep``: ``python -m effreason.sweep``.
+* ``effreason.integrations`` the paper's reward and the fused loss for TRL (``GRPOTrainer``) and verl.
 * ``effreason.models``      the one loader of Hugging Face checkpoints and run folders, EOS ids.
 
 ``effreason.backends()`` says which optional backends (native extension, CUDA, Triton) were found.
