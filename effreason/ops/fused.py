@@ -69,13 +69,19 @@ def _implementation(backend: str):
 # ----------------------------------------------------------------------------- validation
 
 
+def _check_float_matrix(name: str, tensor) -> torch.Tensor:
+    """Require a 2-D floating tensor of the supported dtypes."""
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor, got {getattr(tensor, 'shape', type(tensor).__name__)}")
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32, bfloat16, float16 or float64, got {tensor.dtype}")
+    return tensor
+
+
 def _check_lm_head(hidden, weight, targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate hidden (N, H), weight (V, H), targets (N,) in [0, V); return them contiguous, targets int64."""
-    for name, tensor in (("hidden", hidden), ("weight", weight)):
-        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2:
-            raise ValueError(f"{name} must be a 2-D tensor, got {getattr(tensor, 'shape', type(tensor).__name__)}")
-        if tensor.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"{name} must be float32, bfloat16, float16 or float64, got {tensor.dtype}")
+    _check_float_matrix("hidden", hidden)
+    _check_float_matrix("weight", weight)
     if weight.dtype != hidden.dtype:
         raise ValueError(f"weight must have the dtype of hidden ({hidden.dtype}), got {weight.dtype}")
     if weight.device != hidden.device:
@@ -430,8 +436,8 @@ def fused_policy_loss(
     Returns:
         ``(loss, stats)`` as ``fused_ppo_loss``; stats add ``reward_mean`` and ``advantage_mean``.
     """
-    hidden, weight, targets = _check_lm_head(hidden, weight, targets)
-    check_correct_per_sequence(correct, cu_seqlens, hidden.shape[0])
+    # correct and cu_seqlens are checked before the lengths are taken from them; fused_ppo_loss checks the rest
+    check_correct_per_sequence(correct, cu_seqlens, _check_float_matrix("hidden", hidden).shape[0])
     rewards, advantages = length_penalized_rloo(correct, losses.sequence_lengths(cu_seqlens), group_size, alpha)
     loss, stats = fused_ppo_loss(hidden, weight, targets, cu_seqlens, advantages, backend=backend, **ppo_options)
     stats["reward_mean"] = rewards.mean()

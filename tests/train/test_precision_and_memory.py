@@ -70,26 +70,25 @@ def test_bf16_compute_gives_the_float32_gradient(tiny_model_dir):
     assert cosine >= 0.99, float(cosine)
 
 
+def _two_step_run(tiny_model_dir, toy_data_file, out, **setting) -> tuple[dict, list]:
+    """The checkpointed weights and the logged losses of a 2-step run with ``setting``."""
+    run(config_from_args(tiny_run_flags(tiny_model_dir, toy_data_file, out, steps=2, eval_problems=0, max_new_tokens=16,
+                                        **setting)))
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return load_file(out / "checkpoint" / "model.safetensors"), losses
+
+
 def test_gradient_checkpointing_changes_no_number(tiny_model_dir, toy_data_file, tmp_path, monkeypatch):
     _graded_by_parity(monkeypatch)
-    runs = {}
-    for checkpointing in (False, True):
-        out = tmp_path / f"checkpointing-{checkpointing}"
-        run(config_from_args(tiny_run_flags(tiny_model_dir, toy_data_file, out, steps=2, eval_problems=0,
-                                            gradient_checkpointing=checkpointing, max_new_tokens=16)))
-        runs[checkpointing] = (load_file(out / "checkpoint" / "model.safetensors"),
-                               [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()])
-    (plain, plain_losses), (recomputed, recomputed_losses) = runs[False], runs[True]
+    plain, plain_losses = _two_step_run(tiny_model_dir, toy_data_file, tmp_path / "plain", gradient_checkpointing=False)
+    recomputed, recomputed_losses = _two_step_run(tiny_model_dir, toy_data_file, tmp_path / "recomputed",
+                                                  gradient_checkpointing=True)
     assert plain_losses == recomputed_losses and plain_losses[0] != 0.0
     assert all(torch.equal(plain[name], recomputed[name]) for name in plain)
 
 
 def test_a_packed_run_matches_a_padded_run(tiny_model_dir, toy_data_file, tmp_path, monkeypatch):
     _graded_by_parity(monkeypatch)
-    losses = {}
-    for packed in (False, True):
-        out = tmp_path / f"packed-{packed}"
-        run(config_from_args(tiny_run_flags(tiny_model_dir, toy_data_file, out, steps=2, eval_problems=0,
-                                            packed_forward=packed, max_new_tokens=16)))
-        losses[packed] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-7)
+    _, padded = _two_step_run(tiny_model_dir, toy_data_file, tmp_path / "padded", packed_forward=False)
+    _, packed = _two_step_run(tiny_model_dir, toy_data_file, tmp_path / "packed", packed_forward=True)
+    assert packed == pytest.approx(padded, rel=1e-4, abs=1e-7)
