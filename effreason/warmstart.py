@@ -5,7 +5,7 @@ The warm start of the miniature RL run: SFT on verbose traces of :mod:`effreason
 only. A copy ships in ``effreason/assets/warmstart/``; rebuild it (deterministic from the seed)
 with::
 
-    python -m effreason.warmstart                          # ~25 min on a busy 2-core CPU
+    python -m effreason.warmstart                          # the shipped copy (bench/RESULTS.md: build time)
     python -m effreason.warmstart --steps 2 --out /tmp/ws  # smoke run
 
 The run prints a held-out greedy evaluation table (accuracy, mean response tokens and the
@@ -27,7 +27,10 @@ from pathlib import Path
 import torch
 
 from effreason.tasks.prompting import build_prompt, encode_prompt
-from effreason.tasks.toy import ToyTask
+from effreason.tasks.toy import TRACE_STYLES, ToyTask
+from effreason.train.methods.rs_sft import response_nll
+from effreason.train.methods.units import TrainingUnit, pack_units
+from effreason.train.step import optimizer_steps
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "warmstart"
 CACHE_DIR = Path.home() / ".cache" / "effreason" / "warmstart"
@@ -45,6 +48,8 @@ CHAT_TEMPLATE = (
 PIECE_PATTERN = r" ?\\boxed\{| ?\d| ?[A-Za-z]+| ?[^\sA-Za-z\d]|\s+"
 RECHECK_PATTERN = re.compile(r" ?Wait, let me verify step \d+: [^.]*\. Yes\.")
 VOCAB_CORPUS_SIZE = 2000
+MICRO_BATCH_TOKENS = 16384  # padded tokens per micro-batch: a whole batch of the longest traces fits in one
+GRAD_CLIP = 1.0
 
 
 @dataclass
@@ -66,6 +71,9 @@ class WarmstartConfig:
     max_new_tokens: int = 320
     min_ops: int = 2
     max_ops: int = 8
+    # "answer-first" builds the second miniature's warm start (effreason.tasks.toy): the answer is
+    # boxed before the re-checks, so they cannot change correctness.
+    trace_style: str = "recheck-then-answer"
     # One intra-op thread: the tiny model's matmuls are too small to split, and on a shared 2-core
     # machine two threads spin against other processes (bench/RESULTS.md has the measurement).
     threads: int = 1
@@ -76,6 +84,8 @@ class WarmstartConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.trace_style not in TRACE_STYLES:
+            raise ValueError(f"trace_style must be one of {TRACE_STYLES}, got {self.trace_style!r}")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError("hidden_size must divide by num_heads and num_heads by num_kv_heads")
 
@@ -149,32 +159,18 @@ def build_model(config: WarmstartConfig, tokenizer):
     return model
 
 
-# ---------------------------------------------------------------- SFT data
+# ---------------------------------------------------------------- SFT
 
 
-def sft_example(problem, response: str, tokenizer) -> tuple[list[int], list[int]]:
-    """(input_ids, labels): prompt + response + EOS, labels -100 on the prompt."""
-    prompt_ids = encode_prompt(problem.question, tokenizer)
+def sft_unit(problem, response: str, tokenizer) -> TrainingUnit:
+    """One SFT example: the prompt's ids (context) and the response's ids + EOS (the target)."""
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return prompt_ids + response_ids, [-100] * len(prompt_ids) + response_ids
+    return TrainingUnit(encode_prompt(problem.question, tokenizer), (response_ids,))
 
 
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch: input_ids, attention_mask, labels, each (B, T)."""
-    length = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)  # (B, T)
-    labels = torch.full((len(examples), length), -100, dtype=torch.long)  # (B, T)
-    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)  # (B, T)
-    for row, (ids, targets) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(ids)] = torch.tensor(targets)
-        attention_mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def training_batches(task: ToyTask, tokenizer, config: WarmstartConfig):
-    """Endless batches of fresh train-split problems. Each batch holds one difficulty (so little
-    padding); difficulties cycle in a shuffled order per round."""
+def training_units(task: ToyTask, tokenizer, config: WarmstartConfig):
+    """Endless batches of ``batch_size`` units on fresh train-split problems. Each batch holds one
+    difficulty (so little padding); difficulties cycle in a shuffled order per round."""
     rng = random.Random(config.seed)
     round_index = 0
     while True:
@@ -184,8 +180,7 @@ def training_batches(task: ToyTask, tokenizer, config: WarmstartConfig):
             level = ToyTask(difficulty, difficulty)
             problems = level.problems(config.batch_size, split="train", seed=config.seed * 100003 + round_index)
             round_index += 1
-            examples = [sft_example(p, task.verbose_trace(p, rng), tokenizer) for p in problems]
-            yield collate(examples, tokenizer.pad_token_id)
+            yield [sft_unit(p, task.verbose_trace(p, rng, config.trace_style), tokenizer) for p in problems]
 
 
 def learning_rate(step: int, config: WarmstartConfig) -> float:
@@ -197,21 +192,22 @@ def learning_rate(step: int, config: WarmstartConfig) -> float:
 
 
 def train(model, tokenizer, task: ToyTask, config: WarmstartConfig, log=print) -> None:
-    """SFT with AdamW; the mean token cross-entropy over response tokens."""
+    """SFT with AdamW through the training loop's update (:func:`effreason.train.step.optimizer_steps`
+    with the rs-sft method's loss, :func:`effreason.train.methods.rs_sft.response_nll`): one
+    optimizer step per batch on ``L = -(1 / sum_s |y_s|) sum_s sum_t log pi(y_st | x_s, y_s<t)``,
+    the mean cross-entropy over response tokens."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
-    batches = training_batches(task, tokenizer, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(step, config) / config.lr)
+    batches = training_units(task, tokenizer, config)
     model.train()
     started = time.time()
     for step in range(config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
-        loss = model(**next(batches)).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        units = next(batches)
+        weight = 1.0 / sum(len(unit.responses[0]) for unit in units)
+        mini_batch = [(batch, weight) for batch in pack_units(units, 1, MICRO_BATCH_TOKENS, tokenizer.pad_token_id)]
+        update = optimizer_steps(model, optimizer, scheduler, [mini_batch], response_nll, grad_clip=GRAD_CLIP)
         if step % 50 == 0 or step == config.steps - 1:
-            log(f"step {step:5d}  loss {loss.item():.4f}  lr {learning_rate(step, config):.2e}  {time.time() - started:6.0f}s")
+            log(f"step {step:5d}  loss {update['loss']:.4f}  lr {learning_rate(step, config):.2e}  {time.time() - started:6.0f}s")
     model.eval()
 
 
@@ -298,7 +294,7 @@ def evaluate_and_save(model, tokenizer, task: ToyTask, config: WarmstartConfig, 
 
 def warmstart_dir() -> Path:
     """The shipped checkpoint folder; when it is missing, the cached build under
-    ``~/.cache/effreason/warmstart`` (built now, ~25 min on a 2-core CPU, if absent)."""
+    ``~/.cache/effreason/warmstart`` (built now if absent)."""
     if (SHIPPED_DIR / "model.safetensors").exists():
         return SHIPPED_DIR
     if not (CACHE_DIR / "model.safetensors").exists():
@@ -318,10 +314,14 @@ def parse_args(argv=None) -> tuple[WarmstartConfig, Path]:
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch intra-op threads")
     parser.add_argument("--eval-problems", type=int, default=defaults.eval_problems, help="held-out problems to evaluate")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="greedy evaluation length cap")
+    parser.add_argument("--trace-style", choices=TRACE_STYLES, default=defaults.trace_style,
+                        help="where the verbose traces box the answer: after the re-checks (the built-in miniature) or "
+                             "before them (answer-first: the second miniature, where re-checks cannot change correctness)")
     args = parser.parse_args(argv)
     config = WarmstartConfig(
         seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_problems=args.eval_problems,
         threads=args.threads, max_new_tokens=args.max_new_tokens, warmup_steps=min(defaults.warmup_steps, args.steps),
+        trace_style=args.trace_style,
     )
     return config, args.out
 

@@ -16,6 +16,17 @@ Example question and its two trace styles::
 The verbose trace over-thinks like an R1-distilled model: after the needed steps it re-checks
 steps 1..R in order, with R drawn uniformly from ``0..num_ops``. The re-checks repeat exact
 computations, so they never change the answer: they are pure length for RL to remove.
+
+A model can still slip while re-checking (a wrong copy of the answer after many re-checks), so on
+this trace style correctness and length are coupled. The ``answer-first`` style boxes the answer
+right after the needed steps and re-checks afterwards::
+
+    answer-first: Step 1: 7 + 5 = 12. Step 2: 12 * 3 = 36. So the answer is \\boxed{36}.
+                  Wait, let me verify step 1: 7 + 5 = 12. Yes.
+
+The grade reads the last box, which the re-checks never contain, so whatever they say cannot change
+correctness (only a response cut off before its EOS can): the second miniature, on which length
+drift can only come from the objective (the loss aggregation), not from the reward.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ TEST_SPLIT_MODULUS = 10  # one question in ten (by hash) belongs to the test spl
 OPERATION_WORDS = {"+": "add", "-": "subtract", "*": "multiply by"}
 WORD_TO_SYMBOL = {word: symbol for symbol, word in OPERATION_WORDS.items()}
 SPLITS = ("train", "test")
+TRACE_STYLES = ("recheck-then-answer", "answer-first")
 
 _QUESTION_START = re.compile(r"^Start with (\d+)\.")
 _QUESTION_STEP = re.compile(r"Step (\d+): (add|subtract|multiply by) (\d+)\.")
@@ -213,9 +225,13 @@ class ToyTask:
         steps = compute_steps(*parse_question(problem.question))
         return " ".join([*step_lines(steps), answer_line(str(steps[-1].result))])
 
-    def verbose_trace(self, problem: Problem, rng: random.Random) -> str:
-        """The needed steps, ``R ~ Uniform{0..num_ops}`` redundant re-checks, then the boxed answer."""
+    def verbose_trace(self, problem: Problem, rng: random.Random, style: str = "recheck-then-answer") -> str:
+        """The needed steps, ``R ~ Uniform{0..num_ops}`` redundant re-checks, then the boxed answer;
+        with ``style="answer-first"`` the boxed answer comes before the re-checks."""
+        if style not in TRACE_STYLES:
+            raise ValueError(f"style must be one of {TRACE_STYLES}, got {style!r}")
         steps = compute_steps(*parse_question(problem.question))
-        num_rechecks = rng.randint(0, len(steps))
-        lines = [*step_lines(steps), *recheck_lines(steps, num_rechecks), answer_line(str(steps[-1].result))]
+        rechecks = recheck_lines(steps, rng.randint(0, len(steps)))
+        answer = answer_line(str(steps[-1].result))
+        lines = [*step_lines(steps), answer, *rechecks] if style == "answer-first" else [*step_lines(steps), *rechecks, answer]
         return " ".join(lines)

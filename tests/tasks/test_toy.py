@@ -109,6 +109,22 @@ def test_verbose_trace_rechecks_never_change_the_answer(task):
     assert len(recheck_counts) >= 6
 
 
+def test_answer_first_trace_boxes_the_answer_before_the_same_rechecks(task):
+    problems = task.problems(60, split="train", seed=3)
+    for problem, seed in zip(problems, range(60)):
+        default = task.verbose_trace(problem, random.Random(seed))
+        answer_first = task.verbose_trace(problem, random.Random(seed), "answer-first")
+        concise = task.concise_trace(problem)
+        assert answer_first.startswith(concise)
+        sentences = lambda text: sorted(part.rstrip(".") for part in text.split(". "))  # noqa: E731
+        assert sentences(answer_first) == sentences(default)
+        assert task.is_correct(answer_first, problem)
+        # whatever the re-checks say, the box before them decides
+        assert task.is_correct(answer_first.replace("Yes.", "No, it is 7."), problem)
+    with pytest.raises(ValueError, match="style must be one of"):
+        task.verbose_trace(problems[0], random.Random(0), "answer-last")
+
+
 def test_recheck_repeats_the_step_exactly(task):
     problem = task.make_problem("Start with 7. Step 1: add 5. Step 2: multiply by 3. What is the result?")
     assert problem.answer == "36" and problem.difficulty == 2
