@@ -43,15 +43,16 @@ class Rollout:
 
 
 class RolloutEngine:
-    """Generates completions from ``model`` (its live weights) in batches of ``max_batch_prompts`` prompts."""
+    """Generates completions from ``model`` (its live weights) in batches of ``max_batch_prompts`` prompts;
+    ``sampler_options`` (``weights_dtype``, ``lm_head_dtype``) go to the :class:`~effreason.sampler.Sampler`."""
 
-    def __init__(self, model, *, pad_token_id: int, max_batch_prompts: int = 64, backend: str = "auto"):
+    def __init__(self, model, *, pad_token_id: int, max_batch_prompts: int = 64, backend: str = "auto", **sampler_options):
         if backend not in ("auto", "sampler", "hf"):
             raise ValueError(f"backend must be 'auto', 'sampler' or 'hf', got {backend!r}")
         self.model = model
         self.pad_token_id = pad_token_id
         self.max_batch_prompts = max_batch_prompts
-        self.sampler = None if backend == "hf" else Sampler(model)
+        self.sampler = None if backend == "hf" else Sampler(model, **sampler_options)
 
     @property
     def backend(self) -> str:
