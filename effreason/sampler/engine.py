@@ -62,11 +62,6 @@ class Sampler:
     * ``attention_backend``: the paged decode attention, one of ``attention.DECODE_BACKENDS``
       (``"flash"``, ``"triton"``, ``"native"``, ``"torch"``); default the fastest usable one. One
       that is unusable on the model's device is a ``ValueError`` at the first ``generate``.
-    * ``weights_dtype``: sample from a copy of the weights in this dtype (a trainer's bf16 compute dtype over
-      its float32 master weights), refreshed in place at every ``generate``; the KV cache takes this dtype.
-      Default: the model's own tensors, no copy.
-    * ``lm_head_dtype``: the LM head's dtype when it differs from ``weights_dtype`` (float32 for a trainer's
-      ``--fp32-lm-head``): the final hidden states are cast to it before the head.
     * ``prefix_caching``: reuse the K/V of full prompt blocks whose tokens (and all tokens before them)
       were prefilled before, across prompts and ``generate`` calls, until the weights change: an optimizer
       step, ``load_state_dict`` or a replaced parameter is seen; any other in-place change of the weights
@@ -80,8 +75,7 @@ class Sampler:
     def __init__(self, model: torch.nn.Module, *, block_size: int = 16, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 8192, kv_cache_tokens: int | None = None,
                  kv_cache_memory_fraction: float = 0.3, cuda_graphs: bool = True, prefix_caching: bool = True,
-                 attention_backend: str | None = None, weights_dtype: torch.dtype | None = None,
-                 lm_head_dtype: torch.dtype | None = None):
+                 attention_backend: str | None = None):
         _check_positive("block_size", block_size)
         if block_size & (block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {block_size}")
@@ -93,10 +87,7 @@ class Sampler:
         if attention_backend is not None and attention_backend not in attention.DECODE_BACKENDS:
             raise ValueError(f"attention_backend must be one of {attention.DECODE_BACKENDS} or None, "
                              f"got {attention_backend!r}")
-        for name, dtype in (("weights_dtype", weights_dtype), ("lm_head_dtype", lm_head_dtype)):
-            if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-                raise ValueError(f"{name} must be a floating torch.dtype or None, got {dtype!r}")
-        self.model = paged_model(model, weights_dtype=weights_dtype, lm_head_dtype=lm_head_dtype)
+        self.model = paged_model(model)
         self.runner = ModelRunner(self.model, block_size=block_size, max_num_seqs=max_num_seqs,
                                   kv_cache_tokens=kv_cache_tokens, kv_cache_memory_fraction=kv_cache_memory_fraction,
                                   cuda_graphs=cuda_graphs, attention_backend=attention_backend)
@@ -119,7 +110,7 @@ class Sampler:
         manager = self.block_manager
         if new_cache or manager.in_use:
             self.block_manager = BlockManager(self.runner.num_blocks, self.block_size, self.prefix_caching)
-        if self.weight_updates.changed(self.model.source_weights()):
+        if self.weight_updates.changed(self.model.weights()):
             self.block_manager.clear_prefix_cache()
 
     # ----------------------------------------------------------------- generate

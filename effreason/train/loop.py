@@ -123,7 +123,7 @@ class Trainer:
         self.stop_token_ids = stop_token_ids(self.model, self.tokenizer)
         self.pad_token_id = pad = pad_token_id(self.tokenizer, self.stop_token_ids)
         self.engine = RolloutEngine(self.model, pad_token_id=pad, max_batch_prompts=config.eval_batch_size,
-                                    backend=config.rollout_backend, **self._sampler_dtypes())
+                                    backend=config.rollout_backend)
         self.method = METHODS[config.method](self)
         self.trainable = distributed.wrap_policy(self.method.module, self.context, self.compute_dtype)
         self.optimizer = torch.optim.AdamW(
@@ -138,14 +138,6 @@ class Trainer:
         self.controller = self._controller()
         self.log(f"effreason.train: {config.method} on the {self.task.name} task, rollouts via {self.engine.backend}, "
                  f"loss via fused ops, {self.context.world_size} process(es) on {self.device}, run folder {self.run_dir}")
-
-    def _sampler_dtypes(self) -> dict:
-        """On CUDA the sampler generates from a compute-dtype copy of the float32 master weights (its LM head
-        float32 with ``--fp32-lm-head``, as the loss's); on the CPU from the masters themselves, where the native
-        decode runs float32 rows and bf16 matmuls are no faster."""
-        if self.device.type != "cuda" or self.compute_dtype == torch.float32:
-            return {}
-        return {"weights_dtype": self.compute_dtype, "lm_head_dtype": self.lm_head_dtype}
 
     def _on_with_cuda(self, setting: bool | None) -> bool:
         """A ``bool | None`` switch: as given, or None = on with CUDA, off on the CPU."""

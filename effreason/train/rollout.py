@@ -43,16 +43,15 @@ class Rollout:
 
 
 class RolloutEngine:
-    """Generates completions from ``model`` (its live weights) in batches of ``max_batch_prompts`` prompts;
-    ``sampler_options`` (``weights_dtype``, ``lm_head_dtype``) go to the :class:`~effreason.sampler.Sampler`."""
+    """Generates completions from ``model`` (its live weights) in batches of ``max_batch_prompts`` prompts."""
 
-    def __init__(self, model, *, pad_token_id: int, max_batch_prompts: int = 64, backend: str = "auto", **sampler_options):
+    def __init__(self, model, *, pad_token_id: int, max_batch_prompts: int = 64, backend: str = "auto"):
         if backend not in ("auto", "sampler", "hf"):
             raise ValueError(f"backend must be 'auto', 'sampler' or 'hf', got {backend!r}")
         self.model = model
         self.pad_token_id = pad_token_id
         self.max_batch_prompts = max_batch_prompts
-        self.sampler = None if backend == "hf" else Sampler(model, **sampler_options)
+        self.sampler = None if backend == "hf" else Sampler(model)
 
     @property
     def backend(self) -> str:

@@ -16,15 +16,14 @@ from effreason.sampler.models.paged_model import PagedModel
 FAMILIES = {family.MODEL_TYPE: family.layer_weights for family in (llama, qwen2, qwen3)}
 
 
-def paged_model(hf_model: torch.nn.Module, **options) -> PagedModel:
-    """The paged forward of ``hf_model``, a Hugging Face causal LM of a type in ``FAMILIES`` (else ValueError);
-    ``options``: ``PagedModel``'s ``weights_dtype`` and ``lm_head_dtype``."""
+def paged_model(hf_model: torch.nn.Module) -> PagedModel:
+    """The paged forward of ``hf_model``, a Hugging Face causal LM of a type in ``FAMILIES`` (else ValueError)."""
     model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
     if model_type not in FAMILIES:
         found = repr(model_type) if model_type is not None else f"a {type(hf_model).__name__} without an HF config"
         raise ValueError(f"model must be a Hugging Face causal LM of a supported model_type "
                          f"({', '.join(sorted(FAMILIES))}), got {found}")
-    return PagedModel(hf_model, FAMILIES[model_type], **options)
+    return PagedModel(hf_model, FAMILIES[model_type])
 
 
 __all__ = ["FAMILIES", "PagedModel", "paged_model"]

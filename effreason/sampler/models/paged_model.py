@@ -6,16 +6,10 @@ SwiGLU MLP, optional biases and QK-Norm, tied or untied embeddings). The weights
 tensors (no copy), read by the family's ``layer_weights`` at ``bind_weights``: an optimizer step updates them
 in place, and a parameter replaced since (reassigned, or swapped by FSDP2's unshard) is picked up by the next
 ``bind_weights``.
-
-With ``weights_dtype`` (a trainer's float32 master weights sampled in its bf16 compute dtype), every weight is
-read through a copy in that dtype instead: allocated at the first bind and refreshed in place by every later
-one, so its memory never moves and captured CUDA graphs stay valid. ``lm_head_dtype`` keeps the LM head (and
-the hidden states it multiplies) in its own dtype, e.g. float32 as the trainer's ``--fp32-lm-head`` loss uses.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -33,8 +27,7 @@ class PagedModel:
     """An HF causal LM (``model.embed_tokens``, ``model.layers``, ``model.norm``, ``model.rotary_emb``,
     ``lm_head``) whose decoder layers ``layer_weights`` reads; ``forward`` runs it with a paged KV cache."""
 
-    def __init__(self, hf_model: torch.nn.Module, layer_weights: Callable[[torch.nn.Module], LayerWeights], *,
-                 weights_dtype: torch.dtype | None = None, lm_head_dtype: torch.dtype | None = None):
+    def __init__(self, hf_model: torch.nn.Module, layer_weights: Callable[[torch.nn.Module], LayerWeights]):
         config = hf_model.config
         window = getattr(config, "sliding_window", None)
         if "sliding_attention" in (getattr(config, "layer_types", None) or ()) and window is not None \
@@ -52,16 +45,10 @@ class PagedModel:
             num_heads=num_heads, num_kv_heads=config.num_key_value_heads or num_heads,
             head_dim=getattr(config, "head_dim", None) or config.hidden_size // num_heads,
             eps=config.rms_norm_eps, activation=ACT2FN[config.hidden_act])
-        self.weights_dtype = weights_dtype
-        self.lm_head_dtype = lm_head_dtype
-        self.embedding: torch.Tensor | None = None
         self.layers: list[LayerWeights] = []
         self.final_norm: torch.Tensor | None = None
         self.lm_head: Linear | None = None
         self.weight_bytes = 0  # what a decode step reads: every layer, the final norm, the LM head
-        self._sources: list[torch.Tensor] = []  # the HF tensors read at the last bind
-        self._copies: list[torch.Tensor] = []  # their dtype copies, in bind order (module docstring)
-        self._num_copied = 0
         self._rope_key = None
         self._rope_tables = None
 
@@ -75,57 +62,22 @@ class PagedModel:
 
     @property
     def device(self) -> torch.device:
-        return self.decoder.embed_tokens.weight.device
+        return self.embedding.device
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype the layers run in (and the KV cache holds)."""
-        return self.weights_dtype or self.decoder.embed_tokens.weight.dtype
+        return self.embedding.dtype
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        return self.decoder.embed_tokens.weight
 
     def bind_weights(self) -> None:
-        """Read the current weights of every layer and the LM head from the HF modules: the tensors themselves,
-        or their ``weights_dtype`` copies refreshed in place (module docstring)."""
-        self._sources, self._num_copied = [], 0
-        read = self._reader(self.weights_dtype)
-        self.embedding = read(self.decoder.embed_tokens.weight)
-        self.layers = [_map_layer(self.layer_weights(layer), read) for layer in self.decoder.layers]
-        self.final_norm = read(self.decoder.norm.weight)
-        head = Linear.of(self.hf_model.lm_head)
-        read_head = read if self.lm_head_dtype in (None, self.weights_dtype) else self._reader(self.lm_head_dtype)
-        self.lm_head = Linear(read_head(head.weight), read_head(head.bias))
+        """Read the current weights of every layer and the LM head from the HF modules (no copy)."""
+        self.layers = [self.layer_weights(layer) for layer in self.decoder.layers]
+        self.final_norm = self.decoder.norm.weight
+        self.lm_head = Linear.of(self.hf_model.lm_head)
         self.weight_bytes = sum(tensor.nbytes for tensor in self.weights()[1:])
-
-    def source_weights(self) -> list[torch.Tensor]:
-        """The HF tensors the last ``bind_weights`` read (the masters of any copies)."""
-        return self._sources
-
-    def _reader(self, dtype: torch.dtype | None) -> Callable[[torch.Tensor | None], torch.Tensor | None]:
-        """``read(tensor)``: ``tensor`` itself when it already has ``dtype`` (or ``dtype`` is None), else its
-        refreshed copy; a tensor read twice (tied embeddings) gives the same copy."""
-        made: dict[int, torch.Tensor] = {}
-
-        def read(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            if tensor is None:
-                return None
-            self._sources.append(tensor)
-            if dtype is None or tensor.dtype == dtype:
-                return tensor
-            if tensor.data_ptr() not in made:
-                made[tensor.data_ptr()] = self._refreshed_copy(tensor, dtype)
-            return made[tensor.data_ptr()]
-
-        return read
-
-    def _refreshed_copy(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The bind's next copy slot filled with ``tensor`` in ``dtype``; reallocated only when the slot's
-        shape, dtype or device no longer fit (so across binds a copy keeps its memory)."""
-        index, self._num_copied = self._num_copied, self._num_copied + 1
-        if index == len(self._copies):
-            self._copies.append(torch.empty(0))
-        copy = self._copies[index]
-        if copy.shape != tensor.shape or copy.dtype != dtype or copy.device != tensor.device:
-            copy = self._copies[index] = torch.empty(tensor.shape, dtype=dtype, device=tensor.device)
-        return copy.copy_(tensor.detach())
 
     def weights(self) -> list[torch.Tensor]:
         """Every bound weight tensor: embedding, layers, final norm, LM head (a tied one twice)."""
@@ -181,13 +133,4 @@ class PagedModel:
         head = self.lm_head
         if cpu_decode.usable(hidden) and cpu_decode.products_pay(self.weight_bytes, hidden.shape[0]):
             return cpu_decode.linear(hidden, head.weight, head.bias)
-        return F.linear(hidden.to(head.weight.dtype), head.weight, head.bias).float()
-
-
-def _map_layer(layer: LayerWeights, read: Callable[[torch.Tensor | None], torch.Tensor | None]) -> LayerWeights:
-    """``layer`` with every tensor passed through ``read``."""
-    fields = {}
-    for field in dataclasses.fields(layer):
-        value = getattr(layer, field.name)
-        fields[field.name] = Linear(read(value.weight), read(value.bias)) if isinstance(value, Linear) else read(value)
-    return LayerWeights(**fields)
+        return F.linear(hidden, head.weight, head.bias).float()
