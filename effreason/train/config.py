@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv=None) -> TrainConfig:
-    """Parse flags: miniature defaults, then the preset (if any), then the flags given.
+    """Parse flags: miniature defaults, then the preset (if any), then the recipe (if any), then the flags given.
 
     With ``--resume RUN_DIR`` the run's saved ``config.json`` is the base instead, so a resumed
     run continues with the settings it started with (flags given alongside still override).
@@ -347,6 +347,8 @@ def resolve_config(given: dict) -> TrainConfig:
             raise ValueError(f"resume: {saved} not found (is {given['resume']} a run folder?)")
         with open(saved) as handle:
             base = json.load(handle)
+        if given.get("recipe", base.get("recipe")) != base.get("recipe"):
+            raise ValueError(f"recipe: a resumed run keeps the recipe it started with ({base.get('recipe')})")
         base.update(given)
         base["out"] = given["resume"]
         return TrainConfig(**base)

@@ -44,6 +44,8 @@ def test_the_recipe_is_saved_and_a_resumed_run_keeps_its_settings(tmp_path):
     resumed = resolve_config({"resume": str(tmp_path)})
     assert (resumed.recipe, resumed.max_new_tokens, resumed.token_limit_schedule) == ("thinkprune", 224, "0:1,14:0.75,28:0.5")
     assert resolve_config({"resume": str(tmp_path), "max_new_tokens": 200}).max_new_tokens == 200
+    with pytest.raises(ValueError, match="keeps the recipe it started with"):
+        resolve_config({"resume": str(tmp_path), "recipe": "dler"})
 
 
 @pytest.mark.parametrize("settings, message", [
