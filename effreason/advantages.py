@@ -1,4 +1,4 @@
-"""Group-relative advantages: RLOO (the paper's), GRPO and Dr. GRPO.
+"""Group-relative advantages: RLOO (the paper's), GRPO, Dr. GRPO and DLER's batch-wise normalisation.
 
 Rewards (S,) come in groups of ``group_size`` consecutive samples of one prompt; each
 function returns float32 advantages (S,), computed in float64.
@@ -46,8 +46,25 @@ def dr_grpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1).to(torch.float32)
 
 
+def batch_std_advantages(rewards: torch.Tensor, group_size: int, eps: float = GRPO_STD_EPS) -> torch.Tensor:
+    """Group mean, batch std: DLER's batch-wise reward normalisation (Liu et al. 2025, arXiv 2510.15110;
+    REINFORCE++-baseline, Hu et al. 2025)::
+
+        c_i = r_i - mean_{j in group(i)} r_j
+        A_i = (c_i - mean_batch c) / (std_batch c + eps)          (sample std, ddof = 1)
+
+    The group mean removes the prompt's difficulty; dividing by one std of the whole batch rather than
+    by each group's keeps groups of nearly equal rewards from being blown up. Needs >= 2 samples.
+    """
+    centered = dr_grpo_advantages(rewards, group_size).to(torch.float64)  # (S,)
+    if centered.numel() < 2:
+        raise ValueError(f"rewards must hold >= 2 samples for a batch std, got {centered.numel()}")
+    return ((centered - centered.mean()) / (centered.std() + eps)).to(torch.float32)
+
+
 ADVANTAGE_ESTIMATORS = {
     "rloo": rloo_advantages,
     "grpo": grpo_advantages,
     "dr-grpo": dr_grpo_advantages,
+    "group-mean-batch-std": batch_std_advantages,
 }

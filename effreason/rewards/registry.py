@@ -14,14 +14,19 @@ builds its fields from ``reward_options()`` when imported, so register in a modu
 ``effreason.rewards`` imports), validated by ``check`` when the config is built and saved in
 the run's ``config.json``. Options shared by several rewards (L1's ``l1_beta``) are one
 :class:`RewardOption` object listed by each.
+
+A reward that carries something from one step to the next (LASER-D's adaptive target lengths) also
+registers ``next_state(inputs, **options) -> dict``: the training loop calls it after every step's
+rollout, keeps the JSON-able dict in its checkpoint (so a resumed run continues with it) and hands it
+to the next step's reward as ``inputs.state``.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 import torch
 
@@ -33,16 +38,20 @@ class RewardInputs:
     correct: (S,) bool, the answer matched and the response ended with EOS (so truncated is wrong).
     lengths: (S,) int64 response lengths in tokens.
     group_size: samples per prompt (k).
-    budget: the token budget of the budgeted rewards (``--length-budget``, default ``--max-new-tokens``).
+    budget: the token budget of the budgeted rewards (``--length-budget``, default the step's rollout
+        token limit: ``--max-new-tokens``, or the ``--token-limit-schedule`` round's).
+    state: what the reward's ``next_state`` returned after the previous step (empty at the first step
+        and for stateless rewards).
 
-    Inputs a future reward needs (the step, per-prompt history) are added here as fields, so the
-    registered functions keep their signature.
+    Inputs a future reward needs are added here as fields with defaults, so the registered functions
+    keep their signature.
     """
 
     correct: torch.Tensor
     lengths: torch.Tensor
     group_size: int
     budget: int
+    state: Mapping = field(default_factory=dict)
 
 
 def check_non_negative(name: str, value) -> None:
@@ -79,6 +88,8 @@ class Reward:
     ``fused``: the fused ops implement this reward with its RLOO advantage, inside the loss
     (``effreason.ops.fused_policy_loss``, per micro-batch of whole groups) and in one native pass
     (``effreason.ops.length_penalized_rloo``); they take its options as keyword arguments.
+    ``next_state``: ``next_state(inputs, **options) -> dict``, the state the next step's reward sees
+    (module docstring); None for a stateless reward.
     """
 
     name: str
@@ -86,6 +97,7 @@ class Reward:
     options: tuple[RewardOption, ...]
     source: str
     fused: bool = False
+    next_state: Callable[..., dict] | None = None
 
     def option_values(self, settings, **live) -> dict:
         """``{option name: value}`` read from ``settings`` (a ``TrainConfig``); ``live`` values (the
@@ -101,25 +113,28 @@ REWARDS: dict[str, Reward] = {}
 """Every registered reward by name, in registration order; the choices of ``--reward``."""
 
 
-def register_reward(name: str, *, source: str, options: tuple[RewardOption, ...] = (), fused: bool = False):
-    """Decorator: register ``function(inputs: RewardInputs, *, <one keyword per option>)`` as ``name``.
+def register_reward(name: str, *, source: str, options: tuple[RewardOption, ...] = (), fused: bool = False,
+                    next_state: Callable[..., dict] | None = None):
+    """Decorator: register ``function(inputs: RewardInputs, *, <one keyword per option>)`` as ``name``
+    (with ``next_state`` taking the same arguments, for a reward that carries state across steps).
 
-    Raises ``ValueError`` when ``name`` is taken, when the function's keywords are not exactly the
-    options' names, or when an option name is already registered as a different option.
+    Raises ``ValueError`` when ``name`` is taken, when the function's (or ``next_state``'s) keywords are
+    not exactly the options' names, or when an option name is already registered as a different option.
     """
 
     def register(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         if name in REWARDS:
             raise ValueError(f"reward {name!r} is already registered")
-        keywords = tuple(inspect.signature(function).parameters)[1:]
         names = tuple(option.name for option in options)
-        if keywords != names:
-            raise ValueError(f"reward {name!r}: {function.__name__} takes {keywords} after the inputs, its options are {names}")
+        for takes_options in (function,) if next_state is None else (function, next_state):
+            keywords = tuple(inspect.signature(takes_options).parameters)[1:]
+            if keywords != names:
+                raise ValueError(f"reward {name!r}: {takes_options.__name__} takes {keywords} after the inputs, its options are {names}")
         known = {option.name: option for option in reward_options()}
         for option in options:
             if known.get(option.name, option) != option:
                 raise ValueError(f"reward {name!r}: option {option.name!r} is already registered as {known[option.name]}")
-        REWARDS[name] = Reward(name, function, tuple(options), source, fused)
+        REWARDS[name] = Reward(name, function, tuple(options), source, fused, next_state)
         return function
 
     return register

@@ -3,6 +3,7 @@
 ``--method`` picks the paper's length-penalised RL (default) or one of the reviewers' baselines
 (``effreason.train.methods``): rejection-sampling SFT on the shortest correct of k samples, or DPO
 with the shortest correct answer chosen and the longest correct rejected. All run in the same loop.
+``--recipe`` starts from a published method's reward and training options (``effreason.recipes``).
 """
 
 import sys

@@ -3,9 +3,10 @@
 The command-line flags are generated from the fields (``--group-size`` for ``group_size``,
 help text from the field metadata), so the dataclass and the CLI never drift apart. The
 options of the registered rewards (``effreason.rewards``: ``alpha``, ``kimi_weight``, ...) are
-fields too, generated from the registry (``RewardOptions``, the base class). A
-``--preset`` (``paper-1.5b``, ``paper-7b``: the paper's hyperparameters, ``../shared/PAPER.md``)
-replaces the miniature defaults before the explicitly given flags are applied.
+fields too, generated from the registry (``RewardOptions``, the base class). Settings resolve in
+order: the miniature defaults, a ``--preset`` (``paper-1.5b``, ``paper-7b``: the paper's
+hyperparameters, ``../shared/PAPER.md``), a ``--recipe`` (``effreason.recipes``: a published method's
+reward and options), then the flags given explicitly.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from effreason.train.distributed import DATA_PARALLEL
 from effreason.train.methods import METHODS
 from effreason.losses import KL_ESTIMATORS, LOSS_AGGREGATIONS
 from effreason.rewards import REWARDS, RewardOption, reward_options, rewards_using
+from effreason.recipes import RECIPES
+from effreason.train.group_filters import GROUP_FILTERS
 
 METHOD_NAMES = tuple(METHODS)
 DPO_DEFAULT_LR = 3e-5
@@ -49,6 +52,26 @@ def _reward_help() -> str:
     return "sequence reward: " + "; ".join(f"{reward.name} ({reward.source})" for reward in REWARDS.values())
 
 
+def _recipe_help() -> str:
+    """Help of ``--recipe``: every registered recipe with its source."""
+    return ("start from a published method's reward and training options, before the flags given (which win): "
+            + "; ".join(f"{recipe.name} ({recipe.source})" for recipe in RECIPES.values()))
+
+
+def parse_token_limit_schedule(text: str) -> tuple[tuple[int, float], ...]:
+    """``"0:1,14:0.75,28:0.5"`` -> ``((0, 1.0), (14, 0.75), (28, 0.5))``: rounds as (first step, fraction of
+    ``--max-new-tokens``); ValueError naming ``token_limit_schedule`` unless the steps rise from 0 and the
+    fractions lie in (0, 1]."""
+    try:
+        rounds = tuple((int(step), float(fraction)) for step, fraction in (part.split(":") for part in text.split(",")))
+    except ValueError:
+        raise ValueError(f"token_limit_schedule must be comma-separated STEP:FRACTION pairs, got {text!r}") from None
+    steps = [step for step, _ in rounds]
+    if steps[0] != 0 or steps != sorted(set(steps)) or not all(0 < fraction <= 1 for _, fraction in rounds):
+        raise ValueError(f"token_limit_schedule: steps must rise from 0 and fractions lie in (0, 1], got {text!r}")
+    return rounds
+
+
 RewardOptions = dataclasses.make_dataclass("RewardOptions", [_reward_option_field(option) for option in reward_options()])
 """One field per option of the registered rewards (``alpha``, ``kimi_weight``, ``l1_beta``, ...), default its paper's."""
 
@@ -70,7 +93,13 @@ class TrainConfig(RewardOptions):
     reward: str = _option("paper", _reward_help(), choices=tuple(REWARDS))
     advantage: str = _option("rloo", "advantage estimator", choices=tuple(ADVANTAGE_ESTIMATORS))
     target_token_ratio: float | None = _option(None, "adjust alpha online so the mean response length approaches this fraction of the warm start's (e.g. 0.6)")
-    length_budget: int | None = _option(None, "token budget of l1-exact/l1-max (n_gold) and dapo-overlong (L_max); default --max-new-tokens")
+    length_budget: int | None = _option(None, "token budget of the budgeted rewards (l1-exact/l1-max n_gold, dapo-overlong L_max, truncation L, alp N, laser's scale); default the step's rollout token limit")
+    recipe: str | None = _option(None, _recipe_help(), choices=tuple(RECIPES))
+    group_filter: str = _option("none", "which graded samples the update trains on: dynamic-sampling drops groups of equal rewards and refills the step (DAPO, DLER); gfpo-shortest / gfpo-token-efficiency keep --gfpo-keep of each group's --group-size samples (GFPO)", choices=tuple(GROUP_FILTERS))
+    gfpo_keep: int = _option(8, "gfpo-*: samples kept per prompt (k), out of --group-size (G')")
+    dynamic_sampling_rounds: int = _option(3, "dynamic-sampling: at most this many extra rounds of --prompts-per-step fresh prompts per step to refill dropped groups")
+    token_limit_schedule: str | None = _option(None, "a rollout token limit tightened over rounds (ThinkPrune): STEP:FRACTION pairs, from STEP on rollouts stop at FRACTION * --max-new-tokens tokens (and the budget follows), e.g. 0:1,14:0.75,28:0.5")
+    rollout_token_budget: int | None = _option(None, "stop once this many response tokens have been sampled (all ranks, refills included), or after --steps; the family sweep gives every recipe the same budget")
 
     dpo_beta: float = _option(0.1, "dpo: beta of the DPO loss (Rafailov et al. 2023)")
     baseline_epochs: int = _option(1, "rs-sft, dpo: passes over each step's selected samples")
@@ -78,7 +107,7 @@ class TrainConfig(RewardOptions):
     group_size: int = _option(8, "samples per prompt (k)")
     prompts_per_step: int = _option(16, "prompts per rollout step (all ranks together)")
     mini_batches: int = _option(1, "optimizer steps per rollout step (the rollout is split into this many mini-batches)")
-    steps: int = _option(40, "rollout steps")
+    steps: int = _option(40, "rollout steps (at most, with --rollout-token-budget)")
     lr: float = _option(1e-4, "peak learning rate (AdamW)")
     warmup_ratio: float = _option(0.03, "fraction of optimizer steps with linear warmup, then constant")
     adam_beta1: float = _option(0.9, "AdamW beta1")
@@ -150,8 +179,9 @@ class TrainConfig(RewardOptions):
             raise ValueError(f"target_token_ratio controls alpha: use it with a reward that has alpha ({', '.join(rewards_using('alpha'))})")
         if self.length_budget is not None:
             _require_int("length_budget", self.length_budget, minimum=1)
+        self._check_recipe_options()
         for name in ("method", "reward", "advantage", "loss_agg", "kl_estimator", "device", "dtype", "answer_kind", "rollout_backend",
-                     "data_parallel"):
+                     "data_parallel", "group_filter"):
             choices = _field_choices(name)
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
@@ -160,14 +190,43 @@ class TrainConfig(RewardOptions):
         if self.preset is not None and self.model is None:
             raise ValueError(f"preset {self.preset} needs --model DIR (e.g. a local DeepSeek-R1-Distill-Qwen checkpoint)")
 
+    def _check_recipe_options(self) -> None:
+        """The settings recipes use: recipe name, group filter, ThinkPrune's schedule, the token budget."""
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {self.recipe!r}")
+        if self.method != "rl" and (self.recipe is not None or self.group_filter != "none"):
+            raise ValueError(f"recipe and group_filter shape the rl method's update, not {self.method}'s")
+        _require_int("gfpo_keep", self.gfpo_keep, minimum=1)
+        _require_int("dynamic_sampling_rounds", self.dynamic_sampling_rounds, minimum=0)
+        if not GROUP_FILTERS.get(self.group_filter, GROUP_FILTERS["none"]).whole_groups:
+            minimum = 2 if self.advantage in ("rloo", "grpo") else 1
+            if not minimum <= self.gfpo_keep < self.group_size:
+                raise ValueError(f"gfpo_keep must be in [{minimum}, group_size={self.group_size}) for {self.group_filter} "
+                                 f"with the {self.advantage} advantage, got {self.gfpo_keep}")
+        if self.token_limit_schedule is not None:
+            parse_token_limit_schedule(self.token_limit_schedule)
+        if self.rollout_token_budget is not None:
+            _require_int("rollout_token_budget", self.rollout_token_budget, minimum=1)
+
     @property
     def clip_eps(self) -> tuple[float, float]:
         return (self.clip_eps_low, self.clip_eps_high)
 
+    def max_tokens_at(self, step: int) -> int:
+        """The rollout token limit at ``step`` (0-based): ``--max-new-tokens``, scaled by the schedule's round."""
+        if self.token_limit_schedule is None:
+            return self.max_new_tokens
+        fraction = [fraction for first, fraction in parse_token_limit_schedule(self.token_limit_schedule) if first <= step][-1]
+        return max(1, int(fraction * self.max_new_tokens))
+
+    def budget_at(self, step: int) -> int:
+        """The length budget of the budgeted rewards at ``step``: ``--length-budget``, else the step's rollout limit."""
+        return self.length_budget or self.max_tokens_at(step)
+
     @property
     def budget(self) -> int:
-        """The length budget of the budgeted rewards."""
-        return self.length_budget or self.max_new_tokens
+        """The length budget of the budgeted rewards at the first step."""
+        return self.budget_at(0)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -270,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv=None) -> TrainConfig:
-    """Parse flags: miniature defaults, then the preset (if any), then the flags given.
+    """Parse flags: miniature defaults, then the preset (if any), then the recipe (if any), then the flags given.
 
     With ``--resume RUN_DIR`` the run's saved ``config.json`` is the base instead, so a resumed
     run continues with the settings it started with (flags given alongside still override).
@@ -280,13 +339,16 @@ def config_from_args(argv=None) -> TrainConfig:
 
 
 def resolve_config(given: dict) -> TrainConfig:
-    """``TrainConfig`` from explicitly given settings (a dict of field name -> value)."""
+    """``TrainConfig`` from explicitly given settings (a dict of field name -> value): the defaults, then
+    the preset's settings, then the recipe's, then ``given``."""
     if given.get("resume"):
         saved = Path(given["resume"]) / "config.json"
         if not saved.exists():
             raise ValueError(f"resume: {saved} not found (is {given['resume']} a run folder?)")
         with open(saved) as handle:
             base = json.load(handle)
+        if given.get("recipe", base.get("recipe")) != base.get("recipe"):
+            raise ValueError(f"recipe: a resumed run keeps the recipe it started with ({base.get('recipe')})")
         base.update(given)
         base["out"] = given["resume"]
         return TrainConfig(**base)
@@ -294,6 +356,11 @@ def resolve_config(given: dict) -> TrainConfig:
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
     base = dict(PRESETS[preset]) if preset else {}
+    recipe = given.get("recipe")
+    if recipe is not None and recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {recipe!r}")
+    if recipe is not None:
+        base.update(RECIPES[recipe].settings())
     if given.get("method") == "dpo":
         base.setdefault("lr", DPO_DEFAULT_LR)
     base.update(given)

@@ -1,4 +1,5 @@
-"""The one training loop: evaluate, then rollout -> grade -> the method's update for ``steps`` steps, evaluate again.
+"""The one training loop: evaluate, then rollout -> grade -> score -> group filter -> the method's update for
+``steps`` steps (or until ``--rollout-token-budget`` response tokens are sampled), evaluate again.
 
 The method (``--method``: the paper's RL, rs-sft or dpo; :mod:`effreason.train.methods`) is the only
 part that differs between runs; devices, torchrun (DDP on CPU, FSDP2 on CUDA), the CPU thread
@@ -30,10 +31,12 @@ import numpy as np
 import torch
 
 from effreason.models import load_checkpoint, pad_token_id, pick_device, pick_dtype, stop_token_ids
+from effreason.rewards import rewards_using
 from effreason.tasks.prompting import encode_prompt
 from effreason.train import checkpoint as checkpoints
 from effreason.train import distributed
 from effreason.train.alpha_control import AlphaController
+from effreason.train.collect import StepRollout, collect_rollout
 from effreason.train.config import TrainConfig
 from effreason.train.data import build_task
 from effreason.eval.metrics import dataset_metrics
@@ -42,6 +45,7 @@ from effreason.train.methods import METHODS
 from effreason.train.plots import plot_accuracy_vs_tokens, plot_training_curves
 from effreason.train.run_folder import cleanup_if_no_step, default_run_dir
 from effreason.train.rollout import Rollout, RolloutEngine, SamplingParams
+from effreason.train.scoring import next_reward_state, sequence_rewards
 
 logger = logging.getLogger("effreason.train")
 
@@ -132,7 +136,7 @@ class Trainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_then_constant(config))
         self.state = {"step": 0, "prompts_consumed": 0, "alpha": config.alpha, "skipped_steps": 0,
-                      "consecutive_bad": 0, "controller": None}
+                      "consecutive_bad": 0, "controller": None, "rollout_tokens": 0, "reward_state": {}}
         if resume_from is not None:
             self._restore(resume_from)
         self.controller = self._controller()
@@ -160,7 +164,7 @@ class Trainer:
         distributed.load_optimizer_state(self.model, self.optimizer, saved["optimizer"], self.context)
         self.scheduler.load_state_dict(saved["scheduler"])
         checkpoints.restore_rng_states(saved["rng"])
-        self.state = saved["state"]
+        self.state.update(saved["state"])
         self._truncate_metrics(self.state["step"])
         self.log(f"effreason.train: resumed from {folder} at step {self.state['step']}")
 
@@ -201,45 +205,65 @@ class Trainer:
             from tqdm import tqdm
 
             progress = tqdm(total=config.steps, initial=self.state["step"], desc="train", unit="step", dynamic_ncols=True)
-        while self.state["step"] < config.steps:
+        while not self._finished():
             metrics = self._one_step()
             if self.context.is_main:
                 with open(self.run_dir / "metrics.jsonl", "a") as handle:
                     handle.write(json.dumps(metrics) + "\n")
                 self._report(metrics, progress)
-            if self.state["step"] % config.checkpoint_every == 0 or self.state["step"] == config.steps:
+            if self.state["step"] % config.checkpoint_every == 0 or self._finished():
                 self._save_checkpoint()
         if progress is not None:
             progress.close()
 
+    def _finished(self) -> bool:
+        """``steps`` taken, or the rollout-token budget spent."""
+        budget = self.config.rollout_token_budget
+        return self.state["step"] >= self.config.steps or (budget is not None and self.state["rollout_tokens"] >= budget)
+
     def _one_step(self) -> dict:
         config, state = self.config, self.state
-        problems = self.task.train.take(state["prompts_consumed"], config.prompts_per_step)
-        local = self.context.local_share(problems)
-        prompts = [self._encode(problem.question) for problem in local]
         started = time.perf_counter()
-        params = SamplingParams(n=config.group_size, temperature=config.temperature, top_p=config.top_p,
-                                max_tokens=config.max_new_tokens, stop_token_ids=self.stop_token_ids,
-                                seed=step_seed(config.seed, state["step"], self.context.rank))
-        with distributed.gathered_for_sampling(self.trainable, self.context):
-            groups = self.engine.generate(prompts, params)
+        collected = collect_rollout(self._sample, self._score, config, self.context)
         rollout_s = time.perf_counter() - started
-        rollout = self._graded(local, prompts, groups)
+        sampled, trained = collected.sampled, collected.trained
         started = time.perf_counter()
-        update = self.method.update(rollout, state["alpha"])
+        update = self.method.update(trained, state["alpha"]) if trained.responses else {"optimizer_steps": 0, "skipped": 0}
         update_s = time.perf_counter() - started
         metrics = self.context.mean({
-            "accuracy": float(rollout.correct.float().mean()),
-            "mean_tokens": float(rollout.lengths.float().mean()),
-            "truncation_rate": float(rollout.truncated.float().mean()),
+            "accuracy": float(sampled.correct.float().mean()),
+            "mean_tokens": float(sampled.lengths.float().mean()),
+            "truncation_rate": float(sampled.truncated.float().mean()),
+            "kept_fraction": collected.kept_fraction,
             **update, "rollout_s": rollout_s, "update_s": update_s,
-            "rollout_tokens_per_s": float(rollout.lengths.sum()) / max(rollout_s, 1e-9),
+            "rollout_tokens_per_s": float(sampled.lengths.sum()) / max(rollout_s, 1e-9),
         })
         metrics["rollout_tokens_per_s"] *= self.context.world_size
         metrics.update(step=state["step"] + 1, alpha=state["alpha"], lr=self.scheduler.get_last_lr()[0],
-                       skipped=update["skipped"], optimizer_steps=update["optimizer_steps"])  # counts, the same on every rank
-        self._after_update(update, metrics)
+                       skipped=update["skipped"], optimizer_steps=update["optimizer_steps"],  # counts, the same on every rank
+                       max_tokens=config.max_tokens_at(state["step"]), sampling_rounds=collected.rounds,
+                       rollout_tokens=state["rollout_tokens"] + collected.sampled_tokens)
+        self._after_update(update, metrics, collected)
         return metrics
+
+    def _sample(self, round_index: int) -> Rollout:
+        """This rank's share of the step's next ``prompts_per_step`` prompts, sampled at the step's token limit and graded."""
+        config, state = self.config, self.state
+        position = state["prompts_consumed"] + round_index * config.prompts_per_step
+        local = self.context.local_share(self.task.train.take(position, config.prompts_per_step))
+        prompts = [self._encode(problem.question) for problem in local]
+        params = SamplingParams(n=config.group_size, temperature=config.temperature, top_p=config.top_p,
+                                max_tokens=config.max_tokens_at(state["step"]), stop_token_ids=self.stop_token_ids,
+                                seed=step_seed(config.seed, state["step"], self.context.rank, round_index))
+        with distributed.gathered_for_sampling(self.trainable, self.context):
+            groups = self.engine.generate(prompts, params)
+        return self._graded(local, prompts, groups)
+
+    def _score(self, rollout: Rollout) -> torch.Tensor:
+        """(S,) rewards of ``--reward`` at this step's alpha, length budget and reward state."""
+        state = self.state
+        return sequence_rewards(rollout.correct, rollout.lengths, self.config, state["alpha"],
+                                budget=self.config.budget_at(state["step"]), state=state["reward_state"])
 
     def _encode(self, question: str) -> list[int]:
         ids = encode_prompt(question, self.tokenizer)
@@ -264,10 +288,15 @@ class Trainer:
             group_size=self.config.group_size,
         )
 
-    def _after_update(self, update: dict, metrics: dict) -> None:
+    def _after_update(self, update: dict, metrics: dict, collected: StepRollout) -> None:
         state = self.state
+        sampled = collected.sampled
+        correct, lengths = (torch.tensor(self.context.gather(values.tolist())) for values in (sampled.correct, sampled.lengths))
+        state["reward_state"] = next_reward_state(correct, lengths, self.config, state["alpha"],
+                                                  budget=self.config.budget_at(state["step"]), state=state["reward_state"])
         state["step"] += 1
-        state["prompts_consumed"] += self.config.prompts_per_step
+        state["prompts_consumed"] += collected.prompts
+        state["rollout_tokens"] += collected.sampled_tokens
         if update["skipped"]:
             state["skipped_steps"] += update["skipped"]
             state["consecutive_bad"] += update["skipped"]
@@ -290,7 +319,7 @@ class Trainer:
 
     def _report(self, metrics: dict, progress) -> None:
         shown = {"reward": metrics.get("reward_mean"), "loss": metrics.get("loss"), "acc": metrics["accuracy"],
-                 "tokens": metrics["mean_tokens"], "alpha": metrics["alpha"] if self.config.method == "rl" else None}
+                 "tokens": metrics["mean_tokens"], "alpha": metrics["alpha"] if self.config.method == "rl" and self.config.reward in rewards_using("alpha") else None}
         shown = {name: value for name, value in shown.items() if value is not None}
         if progress is not None:
             progress.set_postfix(**{name: f"{value:.3f}" for name, value in shown.items()},
@@ -318,7 +347,8 @@ class Trainer:
             return
         checkpoints.export_model(self.run_dir / "model", self.model, self.tokenizer, model_state, self.compute_dtype)
         metrics = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        summary = {"method": self.config.method, "before": before, "after": after, "steps": self.state["step"], "skipped_steps": self.state["skipped_steps"],
+        summary = {"method": self.config.method, "recipe": self.config.recipe, "before": before, "after": after,
+                   "steps": self.state["step"], "rollout_tokens": self.state["rollout_tokens"], "skipped_steps": self.state["skipped_steps"],
                    "final_alpha": self.state["alpha"], "time_s": elapsed_s,
                    "world_size": self.context.world_size, "ranks_in_sync": in_sync,
                    "rollout_s": sum(m["rollout_s"] for m in metrics), "update_s": sum(m["update_s"] for m in metrics)}
@@ -363,6 +393,7 @@ def _set_cpu_threads(model, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """Sampling seed of one rank's rollout at ``step``: independent of resumption and batching."""
-    return (seed * 1_000_003 + step * 1_009 + rank) % (2**31 - 1)
+def step_seed(seed: int, step: int, rank: int, round_index: int = 0) -> int:
+    """Sampling seed of one rank's rollout at ``step`` (``round_index``: a refill round of the step):
+    independent of resumption and batching."""
+    return (seed * 1_000_003 + step * 1_009 + rank + round_index * 100_000_007) % (2**31 - 1)

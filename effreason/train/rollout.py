@@ -9,7 +9,7 @@ completions are a :class:`Rollout`, what every training method updates from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -25,7 +25,7 @@ class Rollout:
     prompts, responses: token ids per sample (S); trainer_logprobs, sampler_logprobs: per response
     token (the trainer's, at temperature T, and the sampler's own); correct: (S,) bool, right answer
     *and* ended by a stop token (the paper's rule); lengths: (S,) int64 response tokens; truncated:
-    (S,) bool, hit the token limit.
+    (S,) bool, hit the token limit; rewards: (S,) float32 rewards of ``--reward`` (set once scored).
     """
 
     prompts: list[list[int]]
@@ -36,10 +36,49 @@ class Rollout:
     lengths: torch.Tensor
     truncated: torch.Tensor
     group_size: int
+    rewards: torch.Tensor | None = None
 
     def groups(self) -> list[slice]:
         """The samples of each prompt, in prompt order."""
         return [slice(start, start + self.group_size) for start in range(0, len(self.responses), self.group_size)]
+
+    def select(self, groups: list[list[int]]) -> "Rollout":
+        """The rollout of the given groups, each a list of sample indices (all lists of one length, the new group size)."""
+        rows = [row for group in groups for row in group]
+        sizes = {len(group) for group in groups}
+        if len(sizes) > 1:
+            raise ValueError(f"groups must all keep the same number of samples, got sizes {sorted(sizes)}")
+        index = torch.tensor(rows, dtype=torch.int64)
+        return Rollout(**{
+            item.name: _take(getattr(self, item.name), rows, index) for item in fields(self) if item.name != "group_size"
+        }, group_size=sizes.pop() if sizes else self.group_size)
+
+    @staticmethod
+    def concatenate(parts: list["Rollout"]) -> "Rollout":
+        """The samples of ``parts`` (of one group size) one after the other."""
+        if not parts or len({part.group_size for part in parts}) != 1:
+            raise ValueError("parts must be a non-empty list of rollouts of one group size")
+        joined = {}
+        for item in fields(Rollout):
+            values = [getattr(part, item.name) for part in parts]
+            if item.name == "group_size":
+                joined[item.name] = values[0]
+            elif isinstance(values[0], torch.Tensor):
+                joined[item.name] = torch.cat(values)
+            elif values[0] is None:
+                joined[item.name] = None
+            else:
+                joined[item.name] = [row for value in values for row in value]
+        return Rollout(**joined)
+
+
+def _take(value, rows: list[int], index: torch.Tensor):
+    """``value`` (a per-sample list or tensor, or None) at ``rows``."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return value.index_select(0, index)
+    return [value[row] for row in rows]
 
 
 class RolloutEngine:

@@ -4,7 +4,8 @@ The reward is looked up by name in ``effreason.rewards.REWARDS``; its options ar
 ``TrainConfig`` fields it registered. ``correct`` already includes the paper's rule that a
 truncated response is wrong. Where the fused ops implement the reward with RLOO
 (``uses_fused_reward``), the fused loss recomputes the same numbers from ``correct`` and the
-lengths; the values computed here are then only logged.
+lengths; the values computed here are then only logged. A stateful reward's state for the next
+step comes from ``next_reward_state``.
 """
 
 from __future__ import annotations
@@ -22,12 +23,27 @@ def uses_fused_reward(config) -> bool:
     return REWARDS[config.reward].fused and config.advantage == "rloo"
 
 
-def sequence_rewards(correct: torch.Tensor, lengths: torch.Tensor, config, alpha: float) -> torch.Tensor:
-    """(S,) float32 rewards of ``config.reward`` with its options from ``config``; ``alpha`` is this
-    step's (the alpha controller moves it away from ``config.alpha``)."""
+def _reward_call(correct: torch.Tensor, lengths: torch.Tensor, config, alpha: float, budget: int | None, state: dict | None):
+    """The registered reward, its inputs and its option values."""
     reward = REWARDS[config.reward]
-    inputs = RewardInputs(correct, lengths, config.group_size, config.budget)
-    return reward(inputs, **reward.option_values(config, alpha=alpha))
+    inputs = RewardInputs(correct, lengths, config.group_size, config.budget if budget is None else budget, state or {})
+    return reward, inputs, reward.option_values(config, alpha=alpha)
+
+
+def sequence_rewards(correct: torch.Tensor, lengths: torch.Tensor, config, alpha: float, *,
+                     budget: int | None = None, state: dict | None = None) -> torch.Tensor:
+    """(S,) float32 rewards of ``config.reward`` with its options from ``config``; ``alpha`` is this
+    step's (the alpha controller moves it away from ``config.alpha``), ``budget`` the step's length
+    budget (default ``config.budget``) and ``state`` what the reward carried from the previous step."""
+    reward, inputs, options = _reward_call(correct, lengths, config, alpha, budget, state)
+    return reward(inputs, **options)
+
+
+def next_reward_state(correct: torch.Tensor, lengths: torch.Tensor, config, alpha: float, *,
+                      budget: int | None = None, state: dict | None = None) -> dict:
+    """The state ``config.reward`` carries into the next step from this step's samples (``{}`` when stateless)."""
+    reward, inputs, options = _reward_call(correct, lengths, config, alpha, budget, state)
+    return {} if reward.next_state is None else reward.next_state(inputs, **options)
 
 
 def rewards_and_advantages(correct: torch.Tensor, lengths: torch.Tensor, config, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:

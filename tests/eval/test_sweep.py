@@ -130,3 +130,75 @@ def test_train_flags_pass_through_but_not_reserved_ones(tmp_path):
 def test_bad_input_exits_2(tmp_path, capsys):
     assert main(["--alphas", "0.1", "--out", str(tmp_path), "--model", str(tmp_path / "absent"), "--data", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown dataset 'nope'")
+
+
+# ----------------------------------------------------------------------------- the family sweep: --recipes
+
+
+def recipes_argv(tiny_model_dir, out, recipes="paper:0.1,gfpo:2", *train_flags):
+    return ["--recipes", recipes, "--out", str(out), "--model", str(tiny_model_dir), "--max-problems", "2",
+            "--max-new-tokens", "4", "--temperature", "0", "--", "--group-size", "4", *train_flags]
+
+
+def test_recipes_become_settings_with_one_budget(tmp_path):
+    config = config_from_argv(["--recipes", "paper:0.1,paper:0.2,dler", "--alphas", "0.3", "--out", str(tmp_path)])
+    assert [(s.label, s.folder, s.train, s.series) for s in config.settings()] == [
+        ("alpha=0.3", "alpha-0.3", {"alpha": 0.3}, "alpha"),
+        ("paper:0.1", "paper-0.1", {"recipe": "paper", "alpha": 0.1}, "paper"),
+        ("paper:0.2", "paper-0.2", {"recipe": "paper", "alpha": 0.2}, "paper"),
+        ("dler", "dler", {"recipe": "dler"}, "dler"),
+    ]
+    assert config.token_budget == sweep.DEFAULT_ROLLOUT_TOKEN_BUDGET
+    assert config_from_argv(["--recipes", "dler", "--rollout-token-budget", "5000", "--out", str(tmp_path)]).token_budget == 5000
+    assert config_from_argv(["--alphas", "0.1", "--out", str(tmp_path)]).token_budget is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("nope", "unknown recipe 'nope'"),
+    ("laser-d:3", "laser-d has no knob"),
+    ("paper:0.1,paper:0.1", "distinct"),
+    ("paper:x", "must be a number"),
+    ("", "distinct"),
+])
+def test_bad_recipes(text, message):
+    with pytest.raises(ValueError, match=message):
+        sweep.parse_recipe_specs(text)
+
+
+def test_a_sweep_needs_alphas_or_recipes(tmp_path, capsys):
+    assert main(["--out", str(tmp_path)]) == 2
+    assert "alphas or recipes" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="must not set"):
+        SweepConfig(out=str(tmp_path), recipes=sweep.parse_recipe_specs("dler"), train_args={"recipe": "gfpo"})
+
+
+def test_recipe_sweep_hands_recipe_knob_and_budget_to_training(tiny_model_dir, tmp_path, fake_training, counted_evaluations, capsys):
+    out = tmp_path / "family"
+    assert main(recipes_argv(tiny_model_dir, out)) == 0
+    assert [(c.recipe, c.alpha, c.group_size, c.gfpo_keep, c.group_filter, c.rollout_token_budget, c.steps, c.eval_problems)
+            for c in fake_training] == [
+        ("paper", 0.1, 4, 8, "none", sweep.DEFAULT_ROLLOUT_TOKEN_BUDGET, sweep.BUDGETED_STEP_CAP, 0),
+        ("gfpo", 0.2, 4, 2, "gfpo-shortest", sweep.DEFAULT_ROLLOUT_TOKEN_BUDGET, sweep.BUDGETED_STEP_CAP, 0),
+    ]
+    record = json.loads((out / "sweep.json").read_text())
+    assert list(record["reports"]) == ["warm start", "paper:0.1", "gfpo:2"]
+    assert record["runs"]["gfpo:2"] == {"steps": sweep.BUDGETED_STEP_CAP, "rollout_tokens": None}
+    tables = capsys.readouterr().out
+    assert "| paper:0.1 |" in tables and "toy: accuracy % / mean tokens per difficulty level" in tables
+    assert (out / "paper-0.1" / "model").is_dir() and (out / "pareto.png").stat().st_size > 1000
+
+    assert main(recipes_argv(tiny_model_dir, out)) == 0  # resumed: nothing retrained or re-evaluated
+    assert len(fake_training) == 2 and len(counted_evaluations) == 3
+
+
+def test_a_tiny_recipe_sweep_trains_each_recipe_to_the_budget(tiny_model_dir, tmp_path):
+    """Real training: a 1-token budget ends each run after its first step."""
+    out = tmp_path / "family"
+    argv = recipes_argv(tiny_model_dir, out, "paper:0.1,gfpo:2", "--prompts-per-step", "2", "--max-new-tokens", "6", "--quiet")
+    argv[argv.index("--"):argv.index("--")] = ["--rollout-token-budget", "1"]
+    assert main(argv) == 0
+    record = json.loads((out / "sweep.json").read_text())
+    for label, folder in (("paper:0.1", "paper-0.1"), ("gfpo:2", "gfpo-2")):
+        assert record["runs"][label]["steps"] == 1 and record["runs"][label]["rollout_tokens"] >= 1
+        assert json.loads((out / folder / "config.json").read_text())["rollout_token_budget"] == 1
+    assert json.loads((out / "gfpo-2" / "config.json").read_text())["group_filter"] == "gfpo-shortest"

@@ -31,6 +31,17 @@ HAND_COMPUTED = {
     "l1-exact": (dict(l1_beta=0.01), [0.7, 0.9, -0.2, 1.0, -0.1, -0.1]),
     # 1[correct] * clip(beta * (40 - len) + delta, 0, 1)
     "l1-max": (dict(l1_beta=0.01, l1_delta=0.5), [0.8, 0.6, 0.0, 0.5, 0.0, 0.0]),
+    # 1[correct and len <= 40]
+    "truncation": (dict(), [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]),
+    # L_T = floor(0.5 * 40) = 20: correct and within 20 tokens earns the bonus 0.5
+    "laser": (dict(laser_target=0.5, laser_bonus=0.5), [1.5, 1.0, 0.0, 1.0, 0.0, 0.0]),
+    # no state yet: every band's target is L_T = floor(1.0 * 40) = 40
+    "laser-d": (dict(laser_target=1.0, laser_bonus=0.25), [1.25, 1.25, 0.0, 1.25, 0.0, 0.0]),
+    # solve rates 2/3 and 1/3 (>= the floor 1/k): 1[correct] - 0.8 * p * len / 40
+    "alp": (dict(alp_beta=0.8), [1 - 0.8 * (2 / 3) * 10 / 40, 1 - 0.8 * (2 / 3) * 30 / 40, -0.8 * (2 / 3) * 20 / 40,
+                                 1 - 0.8 * (1 / 3) * 40 / 40, -0.8 * (1 / 3) * 50 / 40, -0.8 * (1 / 3) * 50 / 40]),
+    # SOL = shortest correct: 10 and 40; 2 * 1[correct] - 0.01 * |len - SOL|
+    "shorterbetter": (dict(shorterbetter_alpha=2.0, shorterbetter_beta=0.01), [2.0, 1.8, -0.1, 2.0, -0.1, -0.1]),
 }
 
 
@@ -53,7 +64,9 @@ def test_only_the_paper_reward_is_fused():
 
 
 def test_shared_options_are_listed_once():
-    assert [option.name for option in reward_options()] == ["alpha", "kimi_weight", "dapo_cache_fraction", "l1_beta", "l1_delta"]
+    assert [option.name for option in reward_options()] == [
+        "alpha", "kimi_weight", "dapo_cache_fraction", "l1_beta", "l1_delta", "laser_target", "laser_bonus", "alp_beta",
+        "shorterbetter_alpha", "shorterbetter_beta"]
     assert rewards_using("l1_beta") == ("l1-exact", "l1-max")
     assert rewards_using("l1_delta") == ("l1-max",)
 

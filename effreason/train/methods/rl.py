@@ -1,18 +1,21 @@
 """``--method rl`` (the default): the paper's length-penalised RL, and the other rewards of the registry.
 
-Per step: rewards and advantages of ``--reward`` / ``--advantage`` over each prompt's group
-(:mod:`effreason.train.scoring`), optionally scaled by truncated importance weights, then the PPO
-clipped surrogate (``--clip-eps-low/high``, ``--loss-agg``, KL to the starting model with
-``--kl-coef``) from the fused LM-head ops, one optimizer step per mini-batch. For the paper's reward
-with RLOO, a micro-batch of whole groups computes reward and advantage inside the fused op
-(``fused_policy_loss``); other micro-batches use the precomputed advantages (the same numbers).
+Per step: advantages of ``--advantage`` over each prompt's group of the rollout's rewards (``--reward``,
+scored by the loop before its group filter; :mod:`effreason.train.scoring`), optionally scaled by
+truncated importance weights, then the PPO clipped surrogate (``--clip-eps-low/high``, ``--loss-agg``,
+KL to the starting model with ``--kl-coef``) from the fused LM-head ops, one optimizer step per
+mini-batch. For the paper's reward with RLOO over whole sampled groups, a micro-batch of whole groups
+computes reward and advantage inside the fused op (``fused_policy_loss``); other micro-batches use the
+precomputed advantages (the same numbers).
 """
 
 from __future__ import annotations
 
 import torch
 
+from effreason.advantages import ADVANTAGE_ESTIMATORS
 from effreason.ops import fused_logprobs, fused_policy_loss, fused_ppo_loss
+from effreason.train.group_filters import GROUP_FILTERS
 from effreason.train.packing import MicroBatch, build_micro_batch, plan_micro_batches
 from effreason.train.rollout import Rollout
 from effreason.train.scoring import rewards_and_advantages, truncated_importance_weights, uses_fused_reward
@@ -70,7 +73,8 @@ class ReinforcementLearning:
     def __init__(self, trainer):
         config = trainer.config
         self.trainer = trainer
-        paper_objective = uses_fused_reward(config) and config.tis_cap == 0
+        self.fused_reward = uses_fused_reward(config) and GROUP_FILTERS[config.group_filter].whole_groups
+        paper_objective = self.fused_reward and config.tis_cap == 0
         loss_options = dict(
             kl_coef=config.kl_coef, kl_estimator=config.kl_estimator, kl_in_reward=config.kl_in_reward,
             clip_eps=config.clip_eps, loss_agg=config.loss_agg,
@@ -81,9 +85,13 @@ class ReinforcementLearning:
         self.reference = trainer.load_reference() if config.kl_coef > 0 else None
 
     def update(self, rollout: Rollout, alpha: float) -> dict:
-        """Rewards, advantages, then one PPO step per mini-batch; the metrics of the update."""
+        """Advantages, then one PPO step per mini-batch; the metrics of the update."""
         trainer, config = self.trainer, self.trainer.config
-        rewards, advantages = rewards_and_advantages(rollout.correct, rollout.lengths, config, alpha)
+        if self.fused_reward:
+            rewards, advantages = rewards_and_advantages(rollout.correct, rollout.lengths, config, alpha)
+        else:
+            rewards = rollout.rewards
+            advantages = ADVANTAGE_ESTIMATORS[config.advantage](rewards, rollout.group_size)
         if config.tis_cap:
             advantages = advantages * truncated_importance_weights(rollout.trainer_logprobs, rollout.sampler_logprobs, config.tis_cap)
 
@@ -101,18 +109,18 @@ class ReinforcementLearning:
     def _mini_batches(self, rollout: Rollout, advantages: torch.Tensor) -> list[list[WeightedBatch]]:
         """The rollout split into ``mini_batches`` parts of whole groups, each packed into weighted micro-batches."""
         config, pad = self.trainer.config, self.trainer.pad_token_id
-        num_rows = len(rollout.responses)
-        groups = num_rows // config.group_size
+        num_rows, group_size = len(rollout.responses), rollout.group_size
+        groups = num_rows // group_size
         if groups % config.mini_batches:
             raise ValueError(f"mini_batches: each rank's {groups} prompts must divide into {config.mini_batches} mini-batches")
         rows_per_mini = num_rows // config.mini_batches
         row_lengths = [len(p) + len(r) - 1 for p, r in zip(rollout.prompts, rollout.responses)]
         mini_batches = []
         for start in range(0, num_rows, rows_per_mini):
-            plans = plan_micro_batches(row_lengths[start:start + rows_per_mini], config.group_size, config.micro_batch_tokens)
+            plans = plan_micro_batches(row_lengths[start:start + rows_per_mini], group_size, config.micro_batch_tokens)
             batches = [
                 build_micro_batch(rollout.prompts, rollout.responses, rollout.trainer_logprobs, rollout.correct, advantages,
-                                  slice(start + plan.start, start + plan.stop), pad, config.group_size,
+                                  slice(start + plan.start, start + plan.stop), pad, group_size,
                                   packed=self.trainer.packed_forward)
                 for plan in plans
             ]
