@@ -1,6 +1,7 @@
 """The training options of the paper's real setup, checked on the CPU: mixed precision (float32 master
-weights and AdamW state, forward and backward in the compute dtype), activation checkpointing and the
-padding-free packed forward.
+weights and AdamW state, forward and backward in the compute dtype), activation checkpointing, the
+padding-free packed forward, and the memory the sampler holds only while it samples (its compute-dtype
+weight copy, its KV cache).
 
 At the paper's learning rates (5e-6) most AdamW steps are smaller than half a bf16 ulp of the
 weight, so stepping bf16 parameters rounds them away; the master weights keep every update.
@@ -15,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from effreason.train import config_from_args, run
+from effreason.train.rollout import RolloutEngine, SamplingParams
 from effreason.train.step import _autocast
 
 from train_helpers import tiny_run_flags
@@ -92,3 +94,42 @@ def test_a_packed_run_matches_a_padded_run(tiny_model_dir, toy_data_file, tmp_pa
     _, padded = _two_step_run(tiny_model_dir, toy_data_file, tmp_path / "padded", packed_forward=False)
     _, packed = _two_step_run(tiny_model_dir, toy_data_file, tmp_path / "packed", packed_forward=True)
     assert packed == pytest.approx(padded, rel=1e-4, abs=1e-7)
+
+
+PROMPTS = [[5, 6, 7, 8], [9, 10, 11]]
+GREEDY = SamplingParams(n=2, temperature=0.0, max_tokens=12, seed=0)
+
+
+def _token_ids(groups) -> list:
+    return [[completion.token_ids for completion in group] for group in groups]
+
+
+def test_the_sampler_reads_a_compute_dtype_copy_made_and_freed_per_call(tiny_model_dir):
+    """With float32 master weights and bf16 compute the sampler samples from a bf16 copy (the same tokens as a
+    bf16 model), which exists only during ``generate``; the master weights are untouched."""
+    from effreason.models import load_checkpoint
+
+    master, _, _ = load_checkpoint(tiny_model_dir, device="cpu", dtype="float32")
+    bf16_model, _, _ = load_checkpoint(tiny_model_dir, device="cpu", dtype="bfloat16")
+    engine = RolloutEngine(master, pad_token_id=1, weights_dtype=torch.bfloat16)
+    expected = RolloutEngine(bf16_model, pad_token_id=1).generate(PROMPTS, GREEDY)
+    assert engine.generate(PROMPTS, GREEDY) == expected
+    copy = engine.weights.model
+    assert all(p.device.type == "meta" for p in copy.parameters())
+    assert copy.lm_head.weight is copy.model.embed_tokens.weight  # tied stays tied
+    assert engine.sampler.runner.kv_cache is None and all(p.dtype == torch.float32 for p in master.parameters())
+    with torch.no_grad():
+        master.model.norm.weight.mul_(2.0)  # the next call copies the current weights
+    assert engine.generate(PROMPTS, GREEDY) != expected
+
+
+def test_released_kv_cache_is_allocated_again_with_the_same_results(tiny_model_dir):
+    from effreason.models import load_checkpoint
+
+    model, _, _ = load_checkpoint(tiny_model_dir, device="cpu", dtype="float32")
+    engine = RolloutEngine(model, pad_token_id=1, kv_cache_tokens=256, release_memory=True)
+    first = _token_ids(engine.generate(PROMPTS, GREEDY))
+    assert engine.sampler.runner.kv_cache is None and engine.sampler.runner.model.layers == []
+    assert _token_ids(engine.generate(PROMPTS, GREEDY)) == first
+    kept = RolloutEngine(model, pad_token_id=1, kv_cache_tokens=256)
+    assert _token_ids(kept.generate(PROMPTS, GREEDY)) == first and kept.sampler.runner.kv_cache is not None
