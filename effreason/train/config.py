@@ -113,13 +113,16 @@ class TrainConfig(RewardOptions):
     packed_forward: bool | None = _option(None, "training forward padding-free: a micro-batch's sequences in one row, positions restarting per sequence (flash-attn varlen when installed, else SDPA with a block-causal mask); default: on with CUDA, off on the CPU")
     gradient_checkpointing: bool | None = _option(None, "recompute each decoder layer's activations in backward instead of keeping them (default: on with CUDA, off on the CPU)")
     fp32_lm_head: bool = _option(False, "compute the LM head of the loss in float32 whatever --dtype (ScaleRL, MiniMax-M1: steadier RL)")
+    gpu_memory_utilization: float = _option(0.9, "fraction of the device's memory the run may use (as vLLM's): the KV cache and the micro-batch budget are sized to stay under it")
+    device_memory: float | None = _option(None, "GiB of device memory to plan for instead of the device's own (with --dry-run and no GPU here: plan for a GPU of this size)")
+    dry_run: bool = _option(False, "print the memory plan (weights, optimizer state, activations per token, KV-cache tokens, micro-batch budget) and whether the run fits, then exit; loads no weights")
     quiet: bool = _option(False, "logs only, no progress bar")
 
     def __post_init__(self):
         for option in reward_options():
             option.check(option.name, getattr(self, option.name))
         for name in ("group_size", "prompts_per_step", "mini_batches", "steps", "max_new_tokens", "max_prompt_tokens",
-                     "micro_batch_tokens", "eval_max_new_tokens", "eval_batch_size", "checkpoint_every", "max_bad_steps",
+                     "eval_max_new_tokens", "eval_batch_size", "checkpoint_every", "max_bad_steps",
                      "baseline_epochs"):
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("eval_problems", self.eval_problems, minimum=0)
@@ -148,8 +151,13 @@ class TrainConfig(RewardOptions):
             raise ValueError(f"target_token_ratio must be in (0, 2], got {self.target_token_ratio}")
         if self.target_token_ratio is not None and self.reward not in rewards_using("alpha"):
             raise ValueError(f"target_token_ratio controls alpha: use it with a reward that has alpha ({', '.join(rewards_using('alpha'))})")
-        if self.length_budget is not None:
-            _require_int("length_budget", self.length_budget, minimum=1)
+        for name in ("length_budget", "micro_batch_tokens"):
+            if getattr(self, name) is not None:
+                _require_int(name, getattr(self, name), minimum=1)
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.device_memory is not None and not self.device_memory > 0:
+            raise ValueError(f"device_memory must be > 0 GiB, got {self.device_memory}")
         for name in ("method", "reward", "advantage", "loss_agg", "kl_estimator", "device", "dtype", "answer_kind", "rollout_backend",
                      "data_parallel"):
             choices = _field_choices(name)
