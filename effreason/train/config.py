@@ -98,7 +98,7 @@ class TrainConfig(RewardOptions):
     kl_in_reward: bool = _option(False, "subtract the KL from the per-token reward (the paper's) instead of adding it to the loss")
     tis_cap: float = _option(0.0, "truncated importance-sampling correction for sampler/trainer mismatch: cap C of the per-sequence weight (0 = off)")
     rollout_backend: str = _option("auto", "rollout engine: the paged sampler (auto, sampler) or HF generate() (hf, slower; a cross-check)", choices=ROLLOUT_BACKENDS)
-    micro_batch_tokens: int = _option(8192, "token budget of one packed micro-batch (padded tokens)")
+    micro_batch_tokens: int | None = _option(None, "token budget of one micro-batch (rows x longest row); default: the largest that fits the device's memory on CUDA (see --dry-run), 8192 on the CPU")
 
     eval_problems: int = _option(504, "held-out problems of the before/after evaluation (0 = skip)")
     eval_max_new_tokens: int = _option(320, "max response tokens during evaluation")
@@ -220,7 +220,6 @@ _PAPER_COMMON = dict(
     eval_temperature=0.6,
     eval_max_new_tokens=32768,
     eval_batch_size=64,
-    micro_batch_tokens=32768,
     dtype="auto",
     device="auto",
 )

@@ -56,7 +56,7 @@ def test_the_1_5b_plan_holds_a_32k_sequence_in_both_phases(config_only_1_5b):
     assert plan.kv_cache_tokens >= 32512 and plan.micro_batch_tokens >= 32511
     assert max(plan.rollout_peak_bytes, plan.update_peak_bytes) <= 0.9 * 80 * 2**30
     smaller = plan_for_config(resolve_config(dict(paper, gpu_memory_utilization=0.5)))
-    assert smaller.kv_cache_tokens < plan.kv_cache_tokens
+    assert smaller.kv_cache_tokens < plan.kv_cache_tokens and smaller.micro_batch_tokens < plan.micro_batch_tokens
 
 
 def _saved_bytes_per_token(model, batch, dtype) -> float:
