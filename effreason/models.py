@@ -32,6 +32,20 @@ def resolve_model_dir(path: str | Path) -> Path:
     raise ValueError(f"{folder} holds no Hugging Face checkpoint (config.json and weights) in {looked}")
 
 
+def load_model_config(path: str | Path):
+    """The Hugging Face config of a model folder, without weights: ``path`` itself when its ``config.json``
+    names a ``model_type`` (a checkpoint, or a folder holding only ``config.json`` and a tokenizer), else
+    ``path/model`` or ``path/checkpoint`` of a training run folder. ``FileNotFoundError`` when none has one."""
+    from transformers import AutoConfig
+
+    folder = Path(path)
+    for candidate in (folder, *(folder / name for name in RUN_MODEL_SUBFOLDERS)):
+        config_file = candidate / "config.json"
+        if config_file.is_file() and "model_type" in json.loads(config_file.read_text()):
+            return AutoConfig.from_pretrained(candidate)
+    raise FileNotFoundError(f"no model config.json in {folder} (nor in its model/ or checkpoint/)")
+
+
 def is_checkpoint(folder: Path) -> bool:
     """``config.json`` plus weight files: a Hugging Face checkpoint (a run folder has only the former)."""
     has_weights = any(next(folder.glob(pattern), None) is not None for pattern in WEIGHT_PATTERNS)

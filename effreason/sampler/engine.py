@@ -36,6 +36,8 @@ from effreason.sampler.weight_updates import WeightUpdates
 # drawn past its end are dropped).
 DECODE_WINDOW = 8
 MAX_SEED = 2**62  # a seed drawn for ``seed=None`` is uniform in [0, MAX_SEED)
+DEFAULT_MAX_NUM_SEQS = 256
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 
 
 def _check_positive(name: str, value, *, allow_none: bool = False):
@@ -57,7 +59,7 @@ class Sampler:
     * ``max_num_batched_tokens``: most prompt tokens in one prefill step (default 8192).
     * ``kv_cache_tokens``: KV-cache capacity in tokens; default: on CUDA ``kv_cache_memory_fraction``
       of the free GPU memory at the first ``generate``, on CPU 65536 tokens. Allocated once and
-      reused by every ``generate`` while the model's device and dtype stay the same.
+      reused by every ``generate`` while the model's device and dtype stay the same (or until ``release``).
     * ``cuda_graphs``: capture the CUDA decode step for bucketed batch sizes (CUDA kernels only).
     * ``attention_backend``: the paged decode attention, one of ``attention.DECODE_BACKENDS``
       (``"flash"``, ``"triton"``, ``"native"``, ``"torch"``); default the fastest usable one. One
@@ -72,8 +74,8 @@ class Sampler:
     ``preemptions`` and ``cached_prompt_tokens`` (prefill tokens served from the prefix cache).
     """
 
-    def __init__(self, model: torch.nn.Module, *, block_size: int = 16, max_num_seqs: int = 256,
-                 max_num_batched_tokens: int = 8192, kv_cache_tokens: int | None = None,
+    def __init__(self, model: torch.nn.Module, *, block_size: int = 16, max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+                 max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS, kv_cache_tokens: int | None = None,
                  kv_cache_memory_fraction: float = 0.3, cuda_graphs: bool = True, prefix_caching: bool = True,
                  attention_backend: str | None = None):
         _check_positive("block_size", block_size)
@@ -98,6 +100,12 @@ class Sampler:
         self.block_manager: BlockManager | None = None
         self.weight_updates = WeightUpdates(model)
         self.last_stats: dict = {}
+
+    def release(self) -> None:
+        """Free the KV cache, the decode graphs and the references to the model's weights; the next ``generate``
+        binds the weights and allocates the cache again (a trainer frees them between rollout and update)."""
+        self.runner.release()
+        self.block_manager = None
 
     def weights_changed(self) -> None:
         """Announce an in-place change of the model's weights that no optimizer step or ``load_state_dict`` made

@@ -54,6 +54,12 @@ class ModelRunner:
         self.model.bind_weights()
         return self._ensure_kv_cache()
 
+    def release(self) -> None:
+        """Drop the KV cache, the decode graphs and the bound weights (``prepare`` makes them again)."""
+        self.kv_cache = self.graphs = None
+        self.num_blocks = 0
+        self.model.unbind_weights()
+
     def prepare_positions(self, num_positions: int) -> None:
         """RoPE tables for positions ``< num_positions``; decode graphs dropped if a weight or table moved."""
         self.model.rope_tables(num_positions)

@@ -127,7 +127,7 @@ class TrainConfig(RewardOptions):
     kl_in_reward: bool = _option(False, "subtract the KL from the per-token reward (the paper's) instead of adding it to the loss")
     tis_cap: float = _option(0.0, "truncated importance-sampling correction for sampler/trainer mismatch: cap C of the per-sequence weight (0 = off)")
     rollout_backend: str = _option("auto", "rollout engine: the paged sampler (auto, sampler) or HF generate() (hf, slower; a cross-check)", choices=ROLLOUT_BACKENDS)
-    micro_batch_tokens: int = _option(8192, "token budget of one packed micro-batch (padded tokens)")
+    micro_batch_tokens: int | None = _option(None, "token budget of one micro-batch (rows x longest row); default: the largest that fits the device's memory on CUDA (see --dry-run), 8192 on the CPU")
 
     eval_problems: int = _option(504, "held-out problems of the before/after evaluation (0 = skip)")
     eval_max_new_tokens: int = _option(320, "max response tokens during evaluation")
@@ -142,13 +142,16 @@ class TrainConfig(RewardOptions):
     packed_forward: bool | None = _option(None, "training forward padding-free: a micro-batch's sequences in one row, positions restarting per sequence (flash-attn varlen when installed, else SDPA with a block-causal mask); default: on with CUDA, off on the CPU")
     gradient_checkpointing: bool | None = _option(None, "recompute each decoder layer's activations in backward instead of keeping them (default: on with CUDA, off on the CPU)")
     fp32_lm_head: bool = _option(False, "compute the LM head of the loss in float32 whatever --dtype (ScaleRL, MiniMax-M1: steadier RL)")
+    gpu_memory_utilization: float = _option(0.9, "fraction of the device's memory the run may use (as vLLM's): the KV cache and the micro-batch budget are sized to stay under it")
+    device_memory: float | None = _option(None, "GiB of device memory to plan for instead of the device's own (with --dry-run and no GPU here: plan for a GPU of this size)")
+    dry_run: bool = _option(False, "print the memory plan (weights, optimizer state, activations per token, KV-cache tokens, micro-batch budget) and whether the run fits, then exit; loads no weights")
     quiet: bool = _option(False, "logs only, no progress bar")
 
     def __post_init__(self):
         for option in reward_options():
             option.check(option.name, getattr(self, option.name))
         for name in ("group_size", "prompts_per_step", "mini_batches", "steps", "max_new_tokens", "max_prompt_tokens",
-                     "micro_batch_tokens", "eval_max_new_tokens", "eval_batch_size", "checkpoint_every", "max_bad_steps",
+                     "eval_max_new_tokens", "eval_batch_size", "checkpoint_every", "max_bad_steps",
                      "baseline_epochs"):
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("eval_problems", self.eval_problems, minimum=0)
@@ -177,8 +180,13 @@ class TrainConfig(RewardOptions):
             raise ValueError(f"target_token_ratio must be in (0, 2], got {self.target_token_ratio}")
         if self.target_token_ratio is not None and self.reward not in rewards_using("alpha"):
             raise ValueError(f"target_token_ratio controls alpha: use it with a reward that has alpha ({', '.join(rewards_using('alpha'))})")
-        if self.length_budget is not None:
-            _require_int("length_budget", self.length_budget, minimum=1)
+        for name in ("length_budget", "micro_batch_tokens"):
+            if getattr(self, name) is not None:
+                _require_int(name, getattr(self, name), minimum=1)
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.device_memory is not None and not self.device_memory > 0:
+            raise ValueError(f"device_memory must be > 0 GiB, got {self.device_memory}")
         self._check_recipe_options()
         for name in ("method", "reward", "advantage", "loss_agg", "kl_estimator", "device", "dtype", "answer_kind", "rollout_backend",
                      "data_parallel", "group_filter"):
@@ -271,7 +279,6 @@ _PAPER_COMMON = dict(
     eval_temperature=0.6,
     eval_max_new_tokens=32768,
     eval_batch_size=64,
-    micro_batch_tokens=32768,
     dtype="auto",
     device="auto",
 )

@@ -90,8 +90,13 @@ def setup(device: torch.device, data_parallel: str = "auto") -> DistributedConte
         device = torch.device("cuda", local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    sharded = data_parallel == "fsdp2" or (data_parallel == "auto" and device.type == "cuda")
-    return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, sharded=sharded)
+    return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device,
+                              sharded=shards_parameters(data_parallel, device.type))
+
+
+def shards_parameters(data_parallel: str, device_type: str) -> bool:
+    """Whether ``data_parallel`` means FSDP2 on ``device_type``: ``fsdp2``, or ``auto`` on CUDA."""
+    return data_parallel == "fsdp2" or (data_parallel == "auto" and device_type == "cuda")
 
 
 def teardown(context: DistributedContext) -> None:

@@ -4,6 +4,9 @@
 The method (``--method``: the paper's RL, rs-sft or dpo; :mod:`effreason.train.methods`) is the only
 part that differs between runs; devices, torchrun (DDP on CPU, FSDP2 on CUDA), the CPU thread
 policy, checkpoints and resume, the evaluation and the run folder are this file's, for every method.
+Memory follows :mod:`effreason.train.memory_plan`: the micro-batch budget and the sampler's KV cache
+are sized from it, the AdamW state exists before the first rollout, and on CUDA a step holds either
+the rollout's memory (KV cache, sampler weights) or the update's (gradients, activations), never both.
 ``run(config) -> Path`` writes the run folder::
 
     config.json          the resolved TrainConfig (``--resume`` continues with it)
@@ -18,6 +21,7 @@ policy, checkpoints and resume, the evaluation and the run folder are this file'
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -34,7 +38,7 @@ from effreason.models import load_checkpoint, pad_token_id, pick_device, pick_dt
 from effreason.rewards import rewards_using
 from effreason.tasks.prompting import encode_prompt
 from effreason.train import checkpoint as checkpoints
-from effreason.train import distributed
+from effreason.train import distributed, memory_plan
 from effreason.train.alpha_control import AlphaController
 from effreason.train.collect import StepRollout, collect_rollout
 from effreason.train.config import TrainConfig
@@ -123,17 +127,27 @@ class Trainer:
         if self.packed_forward and self.device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
             self.model.set_attn_implementation("flash_attention_2")  # varlen attention over the packed rows
         _set_cpu_threads(self.model, config.cpu_threads)
+        self.plan = memory_plan.plan_for_run(config, self.model, self.device, world_size=self.context.world_size,
+                                             sharded=self.context.sharded)
+        self.config = config = dataclasses.replace(config, micro_batch_tokens=self.plan.micro_batch_tokens)
+        self.log(f"effreason.train: {self.plan.summary()}")
+        if not self.plan.fits:
+            self.log(f"warning: {self.plan.reason} (python -m effreason.train --dry-run ... shows the plan)")
         self.task = build_task(config)
         self.stop_token_ids = stop_token_ids(self.model, self.tokenizer)
         self.pad_token_id = pad = pad_token_id(self.tokenizer, self.stop_token_ids)
         self.engine = RolloutEngine(self.model, pad_token_id=pad, max_batch_prompts=config.eval_batch_size,
-                                    backend=config.rollout_backend)
+                                    backend=config.rollout_backend,
+                                    weights_dtype=None if self.context.sharded else self.compute_dtype,
+                                    kv_cache_tokens=max(self.plan.kv_cache_tokens, 1),
+                                    release_memory=self.device.type == "cuda")
         self.method = METHODS[config.method](self)
         self.trainable = distributed.wrap_policy(self.method.module, self.context, self.compute_dtype)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
             betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay,
         )
+        initialize_optimizer_state(self.optimizer)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_then_constant(config))
         self.state = {"step": 0, "prompts_consumed": 0, "alpha": config.alpha, "skipped_steps": 0,
                       "consecutive_bad": 0, "controller": None, "rollout_tokens": 0, "reward_state": {}}
@@ -229,6 +243,7 @@ class Trainer:
         sampled, trained = collected.sampled, collected.trained
         started = time.perf_counter()
         update = self.method.update(trained, state["alpha"]) if trained.responses else {"optimizer_steps": 0, "skipped": 0}
+        self.optimizer.zero_grad(set_to_none=True)  # the next rollout does not hold the gradients
         update_s = time.perf_counter() - started
         metrics = self.context.mean({
             "accuracy": float(sampled.correct.float().mean()),
@@ -369,6 +384,28 @@ def warmup_then_constant(config: TrainConfig):
         return min(1.0, (step + 1) / warmup) if warmup else 1.0
 
     return multiplier
+
+
+@torch.no_grad()
+def initialize_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create the AdamW state (zeros, step 0) now instead of at the first step, as torch's distributed
+    checkpointing does (a step on zero gradients at learning rate 0, which leaves every parameter as it
+    is), then set the step counts back to 0: the first real step is the same as without this. The state
+    then exists before the first rollout, so the KV cache is never allocated into memory it needs later."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    if optimizer.state or not parameters:
+        return
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for parameter in parameters:
+        parameter.grad = torch.zeros_like(parameter)
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    optimizer.step()
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    for state in optimizer.state.values():
+        state["step"].zero_()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _enable_activation_checkpointing(model) -> None:

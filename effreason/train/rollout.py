@@ -1,14 +1,19 @@
 """Rollouts: k completions per prompt from the live policy, with the log-probs PPO needs.
 
 ``RolloutEngine.generate(prompt_ids, params) -> list[list[Completion]]`` wraps the paged-KV
-sampler (``effreason.sampler.Sampler``), which runs on the model's own parameters, so no
-weight sync is needed after an optimizer step. ``backend="hf"`` serves the same interface
-through Hugging Face ``generate()`` (slower; a cross-check of the sampler). A step's graded
-completions are a :class:`Rollout`, what every training method updates from.
+sampler (``effreason.sampler.Sampler``). The sampler reads the model's own parameters when they are
+in the compute dtype (float32, or FSDP2's gathered parameters), so no weight sync is needed after an
+optimizer step; with float32 master weights and a lower compute dtype each ``generate`` first casts
+them into a copy (:class:`SamplingWeights`) and frees it at the end. ``release_memory`` also frees the
+KV cache after each call, so the update that follows has that memory (the trainer does so on CUDA).
+``backend="hf"`` serves the same interface through Hugging Face ``generate()`` (slower; a
+cross-check of the sampler). A step's graded completions are a :class:`Rollout`, what every
+training method updates from.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
 
 import torch
@@ -81,16 +86,66 @@ def _take(value, rows: list[int], index: torch.Tensor):
     return [value[row] for row in rows]
 
 
-class RolloutEngine:
-    """Generates completions from ``model`` (its live weights) in batches of ``max_batch_prompts`` prompts."""
+class SamplingWeights:
+    """A ``dtype`` copy of ``model``'s parameters in a model of the same structure, for the sampler.
 
-    def __init__(self, model, *, pad_token_id: int, max_batch_prompts: int = 64, backend: str = "auto"):
+    ``model`` itself is the structure with its parameters replaced by meta-device placeholders (its
+    buffers, such as the RoPE frequencies, are copied once); ``materialize`` casts the current
+    parameters into it (tied parameters stay tied), ``release`` puts the placeholders back.
+    """
+
+    def __init__(self, source: torch.nn.Module, dtype: torch.dtype):
+        self.source = source
+        self.dtype = dtype
+        placeholders = {id(p): _frozen(self._placeholder(p)) for p in source.parameters()}
+        self.model = copy.deepcopy(source, placeholders)
+
+    def _placeholder(self, parameter: torch.Tensor) -> torch.Tensor:
+        return torch.empty(parameter.shape, dtype=self.dtype, device="meta")
+
+    @torch.no_grad()
+    def materialize(self) -> None:
+        self._assign(lambda parameter: parameter.detach().to(self.dtype))
+
+    def release(self) -> None:
+        self._assign(self._placeholder)
+
+    def _assign(self, make) -> None:
+        """Set every parameter of the copy to ``make(its source parameter)``, once per source parameter."""
+        made = {}
+        for source_module, module in zip(self.source.modules(), self.model.modules()):
+            for name, parameter in source_module.named_parameters(recurse=False):
+                if id(parameter) not in made:
+                    made[id(parameter)] = _frozen(make(parameter))
+                setattr(module, name, made[id(parameter)])
+
+
+def _frozen(tensor: torch.Tensor) -> torch.nn.Parameter:
+    return torch.nn.Parameter(tensor, requires_grad=False)
+
+
+class RolloutEngine:
+    """Generates completions from ``model`` (its live weights) in batches of ``max_batch_prompts`` prompts.
+
+    ``weights_dtype``: the dtype the sampler computes in; a dtype other than the parameters' makes each
+    ``generate`` sample from a :class:`SamplingWeights` copy. ``kv_cache_tokens``: the sampler's KV-cache
+    capacity (None: its default). ``release_memory``: free the KV cache after each ``generate``.
+    """
+
+    def __init__(self, model, *, pad_token_id: int, max_batch_prompts: int = 64, backend: str = "auto",
+                 weights_dtype: torch.dtype | None = None, kv_cache_tokens: int | None = None,
+                 release_memory: bool = False):
         if backend not in ("auto", "sampler", "hf"):
             raise ValueError(f"backend must be 'auto', 'sampler' or 'hf', got {backend!r}")
         self.model = model
         self.pad_token_id = pad_token_id
         self.max_batch_prompts = max_batch_prompts
-        self.sampler = None if backend == "hf" else Sampler(model)
+        parameter_dtype = next(model.parameters()).dtype
+        copied = backend != "hf" and weights_dtype not in (None, parameter_dtype)
+        self.weights = SamplingWeights(model, weights_dtype) if copied else None
+        self.release_memory = release_memory
+        sampled_model = self.weights.model if copied else model
+        self.sampler = None if backend == "hf" else Sampler(sampled_model, kv_cache_tokens=kv_cache_tokens)
 
     @property
     def backend(self) -> str:
@@ -103,7 +158,7 @@ class RolloutEngine:
         self.model.eval()
         try:
             if self.sampler is not None:
-                return self.sampler.generate(prompt_ids, params, progress=progress)
+                return self._sample(prompt_ids, params, progress)
             results = []
             for start in range(0, len(prompt_ids), self.max_batch_prompts):
                 chunk = prompt_ids[start:start + self.max_batch_prompts]
@@ -111,6 +166,20 @@ class RolloutEngine:
             return results
         finally:
             self.model.train(was_training)
+
+    def _sample(self, prompt_ids: list[list[int]], params: SamplingParams, progress: bool) -> list[list[Completion]]:
+        """The sampler's completions, from the weight copy when there is one; the copy (and with
+        ``release_memory`` the KV cache) freed afterwards."""
+        if self.weights is not None:
+            self.weights.materialize()
+            self.sampler.weights_changed()  # a new copy may reuse the old one's addresses
+        try:
+            return self.sampler.generate(prompt_ids, params, progress=progress)
+        finally:
+            if self.weights is not None or self.release_memory:
+                self.sampler.release()
+            if self.weights is not None:
+                self.weights.release()
 
 
 def _left_padded(prompt_ids: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,7 @@
 """The training options of the paper's real setup, checked on the CPU: mixed precision (float32 master
-weights and AdamW state, forward and backward in the compute dtype), activation checkpointing and the
-padding-free packed forward.
+weights and AdamW state, forward and backward in the compute dtype), activation checkpointing, the
+padding-free packed forward, and the memory the sampler holds only while it samples (its compute-dtype
+weight copy, its KV cache, FSDP2's gathered weights) and the AdamW state made before the first rollout.
 
 At the paper's learning rates (5e-6) most AdamW steps are smaller than half a bf16 ulp of the
 weight, so stepping bf16 parameters rounds them away; the master weights keep every update.
@@ -9,12 +10,18 @@ weight, so stepping bf16 parameters rounds them away; the master weights keep ev
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from effreason.train import config_from_args, run
+from effreason.train.loop import initialize_optimizer_state
+from effreason.train.rollout import RolloutEngine, SamplingParams
 from effreason.train.step import _autocast
 
 from train_helpers import tiny_run_flags
@@ -92,3 +99,79 @@ def test_a_packed_run_matches_a_padded_run(tiny_model_dir, toy_data_file, tmp_pa
     _, padded = _two_step_run(tiny_model_dir, toy_data_file, tmp_path / "padded", packed_forward=False)
     _, packed = _two_step_run(tiny_model_dir, toy_data_file, tmp_path / "packed", packed_forward=True)
     assert packed == pytest.approx(padded, rel=1e-4, abs=1e-7)
+
+
+PROMPTS = [[5, 6, 7, 8], [9, 10, 11]]
+GREEDY = SamplingParams(n=2, temperature=0.0, max_tokens=12, seed=0)
+
+
+def _token_ids(groups) -> list:
+    return [[completion.token_ids for completion in group] for group in groups]
+
+
+def test_the_sampler_reads_a_compute_dtype_copy_made_and_freed_per_call(tiny_model_dir):
+    """With float32 master weights and bf16 compute the sampler samples from a bf16 copy (the same tokens as a
+    bf16 model), which exists only during ``generate``; the master weights are untouched."""
+    from effreason.models import load_checkpoint
+
+    master, _, _ = load_checkpoint(tiny_model_dir, device="cpu", dtype="float32")
+    bf16_model, _, _ = load_checkpoint(tiny_model_dir, device="cpu", dtype="bfloat16")
+    engine = RolloutEngine(master, pad_token_id=1, weights_dtype=torch.bfloat16)
+    expected = RolloutEngine(bf16_model, pad_token_id=1).generate(PROMPTS, GREEDY)
+    assert engine.generate(PROMPTS, GREEDY) == expected
+    copy = engine.weights.model
+    assert all(p.device.type == "meta" for p in copy.parameters())
+    assert copy.lm_head.weight is copy.model.embed_tokens.weight  # tied stays tied
+    assert engine.sampler.runner.kv_cache is None and all(p.dtype == torch.float32 for p in master.parameters())
+    with torch.no_grad():
+        master.model.norm.weight.mul_(2.0)  # the next call copies the current weights
+    assert engine.generate(PROMPTS, GREEDY) != expected
+
+
+def test_released_kv_cache_is_allocated_again_with_the_same_results(tiny_model_dir):
+    from effreason.models import load_checkpoint
+
+    model, _, _ = load_checkpoint(tiny_model_dir, device="cpu", dtype="float32")
+    engine = RolloutEngine(model, pad_token_id=1, kv_cache_tokens=256, release_memory=True)
+    first = _token_ids(engine.generate(PROMPTS, GREEDY))
+    assert engine.sampler.runner.kv_cache is None and engine.sampler.runner.model.layers == []
+    assert _token_ids(engine.generate(PROMPTS, GREEDY)) == first
+    kept = RolloutEngine(model, pad_token_id=1, kv_cache_tokens=256)
+    assert _token_ids(kept.generate(PROMPTS, GREEDY)) == first and kept.sampler.runner.kv_cache is not None
+
+
+def test_optimizer_state_made_up_front_changes_no_step(tiny_model_dir):
+    """AdamW state created before the first rollout (so the KV cache is sized after it exists) leaves every
+    step as the lazily created state does."""
+    from effreason.models import load_checkpoint
+
+    weights = []
+    for eager in (False, True):
+        model, _, _ = load_checkpoint(tiny_model_dir, device="cpu", dtype="float32")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        if eager:
+            initialize_optimizer_state(optimizer)
+            assert all(float(state["step"]) == 0 and not state["exp_avg"].any() for state in optimizer.state.values())
+            assert all(p.grad is None for p in model.parameters())
+        for step in range(3):
+            torch.manual_seed(step)
+            for parameter in model.parameters():
+                parameter.grad = torch.randn_like(parameter)
+            optimizer.step()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(lazy, eager) for lazy, eager in zip(*weights))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
+def test_fsdp2_gathers_the_weights_once_per_rollout(tiny_model_dir):
+    """Two gloo ranks, FSDP2: one rollout of 4 sequences x 24 greedy tokens runs one all-gather per FSDP2 group
+    (two layers and the root), not one per decode step, and samples what the unsharded model samples."""
+    worker = Path(__file__).resolve().parent / "fsdp2_sampling_worker.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+               str(tiny_model_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    assert report["decode_tokens"] == 4 * 24 and report["same_tokens"]
+    assert report["unshards"] == report["sharded_groups"] == 3

@@ -79,6 +79,10 @@ class PagedModel:
         self.lm_head = Linear.of(self.hf_model.lm_head)
         self.weight_bytes = sum(tensor.nbytes for tensor in self.weights()[1:])
 
+    def unbind_weights(self) -> None:
+        """Forget the bound weights (``bind_weights`` reads them again), so they can be freed."""
+        self.layers, self.final_norm, self.lm_head, self.weight_bytes = [], None, None, 0
+
     def weights(self) -> list[torch.Tensor]:
         """Every bound weight tensor: embedding, layers, final norm, LM head (a tied one twice)."""
         tensors = [self.embedding]

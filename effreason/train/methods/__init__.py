@@ -9,7 +9,8 @@ model, grades them and hands the :class:`~effreason.train.rollout.Rollout` to th
 
 A method is built as ``METHODS[name](trainer)`` once the model is loaded; it owns ``module`` (the
 ``torch.nn.Module`` whose forward is its loss, which the loop wraps for DDP/FSDP2 and optimises)
-and ``update(rollout, alpha) -> metrics``, the step's optimizer steps. Everything else (devices,
+and ``update(rollout, alpha) -> metrics``, the step's optimizer steps; ``keeps_reference(config)`` says
+whether it holds a frozen reference model (the memory plan counts it). Everything else (devices,
 torchrun, the CPU thread policy, checkpoints and resume, evaluation, the run folder) is the loop's.
 """
 

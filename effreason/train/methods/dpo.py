@@ -68,6 +68,10 @@ class DirectPreferenceOptimization(UnitMethod):
         self.beta = trainer.config.dpo_beta
         self.reference = trainer.load_reference()
 
+    @staticmethod
+    def keeps_reference(config) -> bool:
+        return True
+
     def select(self, group: SampledGroup) -> TrainingUnit | None:
         return select_preference_pair(group)
 

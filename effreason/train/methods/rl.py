@@ -82,7 +82,12 @@ class ReinforcementLearning:
         )
         self.module = PolicyLoss(trainer.model, group_size=config.group_size, paper_objective=paper_objective,
                                  loss_options=loss_options, temperature=config.temperature, lm_head_dtype=trainer.lm_head_dtype)
-        self.reference = trainer.load_reference() if config.kl_coef > 0 else None
+        self.reference = trainer.load_reference() if self.keeps_reference(config) else None
+
+    @staticmethod
+    def keeps_reference(config) -> bool:
+        """A frozen reference copy exists only for the KL term (``--kl-coef > 0``)."""
+        return config.kl_coef > 0
 
     def update(self, rollout: Rollout, alpha: float) -> dict:
         """Advantages, then one PPO step per mini-batch; the metrics of the update."""

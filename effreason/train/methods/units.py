@@ -117,6 +117,11 @@ class UnitMethod:
         self.trainer = trainer
         self.module = UnitLoss(trainer.model, self)
 
+    @staticmethod
+    def keeps_reference(config) -> bool:
+        """Whether the method holds a frozen reference model (the memory plan counts it)."""
+        return False
+
     def select(self, group: SampledGroup) -> TrainingUnit | None:
         raise NotImplementedError
 
