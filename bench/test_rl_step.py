@@ -8,8 +8,8 @@ A random-weight Qwen2 (``bench/random_models.py``: the Qwen2.5-1.5B shape on a G
 written to a temporary folder and trained by ``effreason.train``'s ``Trainer`` with the ``paper-1.5b`` preset
 (32 prompts x 8 samples of the toy task, two optimizer steps per rollout, micro-batches of 32,768 tokens, KL 0.001
 to a frozen reference copy; bf16 compute on CUDA, float32 on the CPU). ``Trainer._one_step`` runs unchanged except
-for its sampling params: each prompt's responses are forced to a length drawn uniformly from [lo, hi]
-(``min_tokens = max_tokens``, stop tokens masked; the k samples of a prompt share the length). One short step
+for its sampling params: each prompt's responses are forced to a length drawn uniformly from [lo, hi], EOS
+ignored (``max_tokens`` per prompt, no stop tokens; the k samples of a prompt share the length). One short step
 warms up (caches, kernels, optimizer state), then one step is measured.
 
 Reported per phase: seconds, tokens, tokens/s (rollout: response tokens; update and step: prompt + response
@@ -134,10 +134,12 @@ class Phases:
 
 
 def forced_lengths(generate, lengths: list[int]):
-    """``generate(prompts, params)`` with each prompt's responses forced to ``lengths[i]`` tokens."""
+    """``generate(prompts, params)`` with each prompt's responses forced to ``lengths[i]`` tokens, EOS ignored (no stop
+    tokens: the sampler's plain path; ``min_tokens`` would force them too, but masks the stop tokens at every step,
+    work a real rollout does not do)."""
 
     def generate_forced(prompts, params, **options):
-        own = [dataclasses.replace(params, max_tokens=length, min_tokens=length) for length in lengths[:len(prompts)]]
+        own = [dataclasses.replace(params, max_tokens=length, stop_token_ids=()) for length in lengths[:len(prompts)]]
         return generate(prompts, own, **options)
 
     return generate_forced
