@@ -63,7 +63,7 @@ if [ -f "$EFFREASON_BENCH_RESULTS/ceilings.json" ]; then
 fi
 
 stage "tests"
-timeout 180 "$PY" -m pytest tests/ops/test_fused_backends.py tests/rl/test_segment_native.py tests/sampler -q \
+timeout 240 "$PY" -m pytest tests/ops/test_fused_backends.py tests/rl/test_segment_native.py tests/sampler -q \
   -p no:cacheprovider -rfEs --tb=short --junitxml="$EFFREASON_BENCH_RESULTS/tests.xml" \
   >"$EFFREASON_BENCH_RESULTS/tests.log" 2>&1
 grep -E "^(FAILED|ERROR)|passed|failed" "$EFFREASON_BENCH_RESULTS/tests.log" | tail -25
