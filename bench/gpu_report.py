@@ -1,6 +1,8 @@
-"""Summarise ``bench/gpu_check.sh`` results: test outcomes per backend and the GPU benchmark table.
+"""Summarise ``bench/gpu_check.sh`` results: test outcomes per backend, the GPU benchmark tables, the whole RL step,
+the 7B micro-batch memory and the end-to-end training run.
 
-Usage: ``python bench/gpu_report.py RESULTS_DIR`` (reads ``tests.xml`` and ``fused_ops_gpu_*.json``).
+Usage: ``python bench/gpu_report.py RESULTS_DIR`` (reads ``tests*.xml``, ``fused_ops_gpu_*.json``, ``rl_step_gpu.json``,
+``memory_7b_gpu.json`` and ``train_summary.json``, those present).
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from collections import Counter
 BACKENDS = ("torch", "triton", "cuda")
 
 
-def test_outcomes(path: str) -> dict:
-    """Counts of passed / failed / skipped test cases per backend (``other`` for backend-free tests)."""
+def test_outcomes(paths: list[str]) -> dict:
+    """Counts of passed / failed / skipped test cases per backend (``other`` for backend-free tests) over the
+    JUnit files ``paths``."""
     counts = {backend: Counter() for backend in BACKENDS + ("other",)}
-    if not os.path.exists(path):
-        return counts
-    for case in ElementTree.parse(path).iter("testcase"):
+    cases = [case for path in paths for case in ElementTree.parse(path).iter("testcase")]
+    for case in cases:
         match = re.search(r"\b(torch|triton|cuda)\b", case.get("name", "").replace("-", " ").replace("[", " ").replace("]", " "))
         outcome = "passed"
         for tag in ("failure", "error", "skipped"):
@@ -46,13 +48,45 @@ def benchmark_tables(results_dir: str) -> list[str]:
     return lines or ["no GPU benchmark results"]
 
 
+def _read_json(results_dir: str, name: str) -> dict | None:
+    path = os.path.join(results_dir, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def print_step_results(results_dir: str) -> bool:
+    """Print the whole-step table (``test_rl_step.print_step``), the 7B memory check and the training run, those
+    present; True when the training run finished (its ``train_summary.json`` exists)."""
+    step = _read_json(results_dir, "rl_step_gpu.json")
+    if step is not None:
+        from test_rl_step import print_step  # bench/, this script's folder
+
+        print_step(step)
+    else:
+        print("no whole-step benchmark result")
+    memory = _read_json(results_dir, "memory_7b_gpu.json")
+    if memory is not None:
+        print(f"7B micro-batch of {memory['num_tokens']} tokens on {memory['card']}: peak {memory['peak_bytes'] / 2**30:.1f} "
+              f"GiB of {memory['device_bytes'] / 2**30:.1f} GiB (weights {memory['weights_bytes'] / 2**30:.1f} GiB)")
+    train = _read_json(results_dir, "train_summary.json")
+    if train is None:
+        print("python -m effreason.train end to end: no summary (train.log says why)")
+        return False
+    print(f"python -m effreason.train, resumed after step 1: {train['steps']} steps, {train['skipped_steps']} skipped, "
+          f"rollout {train['rollout_s']:.1f} s, update {train['update_s']:.1f} s (resumed run {train['time_s']:.0f} s)")
+    return True
+
+
 def main(results_dir: str) -> int:
-    outcomes = test_outcomes(os.path.join(results_dir, "tests.xml"))
+    outcomes = test_outcomes(sorted(glob.glob(os.path.join(results_dir, "tests*.xml"))))
     print("tests (passed / failed / skipped):")
     for backend, counts in outcomes.items():
         print(f"  {backend:<8}{counts['passed']:>5}{counts['failed']:>5}{counts['skipped']:>5}")
     print("\n".join(benchmark_tables(results_dir)))
-    return 1 if any(counts["failed"] for counts in outcomes.values()) else 0
+    trained = print_step_results(results_dir)
+    return 1 if any(counts["failed"] for counts in outcomes.values()) or not trained else 0
 
 
 if __name__ == "__main__":

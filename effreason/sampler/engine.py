@@ -24,7 +24,7 @@ from effreason.sampler import attention
 from effreason.sampler.block_manager import BlockManager
 from effreason.sampler.model_runner import ModelRunner
 from effreason.sampler.models import paged_model
-from effreason.sampler.params import SamplingParams
+from effreason.sampler.params import SamplingParams, per_prompt_params
 from effreason.sampler.sampling import stream_keys
 from effreason.sampler.scheduler import ScheduledBatch, Scheduler
 from effreason.sampler.sequence import Completion, Sequence
@@ -148,27 +148,28 @@ class Sampler:
         return seqs
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], params: SamplingParams, *,
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams], *,
                  progress: bool = False) -> list[list[Completion]]:
         """``params.n`` completions of every prompt: ``result[i][j]`` is sample ``j`` of ``prompts[i]``.
 
         Token ``t`` of a completion is drawn from ``softmax(logits_t / T)`` truncated to top-k / top-p
         (``sampling.sample``), with the Gumbel noise of stream ``(seed, i, j)``; ``Completion``
-        documents both returned log-probs.
+        documents both returned log-probs. ``params``: one ``SamplingParams`` for every prompt, or a list of
+        one per prompt differing only in ``max_tokens`` and ``min_tokens`` (``params.per_prompt_params``).
         """
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
         self._reset_blocks(self.runner.prepare())
         self._check_prompts(prompts)
+        prompt_params = per_prompt_params(params, len(prompts))
         if not prompts:
             return []
-        longest = max(len(p) for p in prompts) + params.max_tokens
+        longest = max(len(prompt) + own.max_tokens for prompt, own in zip(prompts, prompt_params))
         self.runner.prepare_positions(min(longest, self.model.max_model_len))
+        params = prompt_params[0]  # the draw's settings, shared by every prompt
         seed = params.seed if params.seed is not None else int(torch.randint(0, MAX_SEED, ()).item())
         prompt_index = torch.arange(len(prompts))[:, None].expand(-1, params.n)
         sample_index = torch.arange(params.n)[None, :].expand(len(prompts), -1)
         keys = stream_keys(seed, prompt_index, sample_index).tolist()  # keys[i][j]
-        run = _Run(self, params, keys, progress, len(prompts) * params.n)
+        run = _Run(self, prompt_params, keys, progress, len(prompts) * params.n)
         for seq in self._make_sequences(prompts, params):
             run.register(seq)
             run.scheduler.add(seq)
@@ -179,12 +180,14 @@ class Sampler:
 class _Run:
     """State of one ``generate`` call: scheduler, sequences and the bookkeeping of the tokens drawn for them."""
 
-    def __init__(self, sampler: Sampler, params: SamplingParams, keys: list[list[int]], progress: bool,
+    def __init__(self, sampler: Sampler, prompt_params: list[SamplingParams], keys: list[list[int]], progress: bool,
                  total: int):
         self.runner = sampler.runner
         self.sampler = sampler
         self.max_model_len = sampler.model.max_model_len
-        self.params = params
+        self.params = params = prompt_params[0]
+        self.max_tokens = [own.max_tokens for own in prompt_params]  # per prompt
+        self.min_tokens = [own.min_tokens for own in prompt_params]
         self.keys = keys
         self.stop_ids = frozenset(params.stop_token_ids)
         self.block_manager = sampler.block_manager
@@ -227,8 +230,8 @@ class _Run:
 
     def _decode_window(self) -> int:
         """Decode steps every running sequence can take before its length limit, at most ``DECODE_WINDOW``."""
-        max_tokens, max_len = self.params.max_tokens, self.max_model_len
-        room = min((min(max_tokens - seq.num_completion_tokens, max_len - seq.num_tokens)
+        max_tokens, max_len = self.max_tokens, self.max_model_len
+        room = min((min(max_tokens[seq.prompt_index] - seq.num_completion_tokens, max_len - seq.num_tokens)
                     for seq in self.scheduler.running), default=1)
         return max(1, min(DECODE_WINDOW, room))
 
@@ -246,10 +249,12 @@ class _Run:
         if batch.is_prefill:
             self.cached_prompt_tokens += sum(seq.num_cached_tokens for seq in batch.seqs)
             rows = [(seq, j) for seq in batch.seqs for j in seq.sample_indices]
-            self._fork_prefilled(batch.seqs, self.runner.prefill(batch.seqs, self._streams(rows), self.params))
+            drawn = self.runner.prefill(batch.seqs, self._streams(rows), self.params,
+                                       self._min_tokens([seq for seq, _ in rows]))
+            self._fork_prefilled(batch.seqs, drawn)
         else:
             streams = self._streams([(seq, seq.sample_indices[0]) for seq in batch.seqs])
-            drawn = self.runner.decode(batch.seqs, batch.num_steps, streams, self.params)
+            drawn = self.runner.decode(batch.seqs, batch.num_steps, streams, self.params, self._min_tokens(batch.seqs))
             for seq, tokens, logprobs, trainer_logprobs in zip(batch.seqs, *drawn):
                 self._take(seq, tokens, logprobs, trainer_logprobs)
 
@@ -258,6 +263,16 @@ class _Run:
         keys = self.keys
         stream_keys = array.array("q", [keys[seq.prompt_index][j] for seq, j in rows])
         return stream_keys + array.array("q", [seq.num_completion_tokens for seq, _ in rows])
+
+    def _min_tokens(self, seqs: list[Sequence]) -> array.array | None:
+        """int64 ``min_tokens`` of each row's prompt (``seqs``: the sequence of each row), or None when no row can
+        draw a stop token too early (no stop tokens, or every row past its minimum)."""
+        if not self.stop_ids:
+            return None
+        floors = array.array("q", [self.min_tokens[seq.prompt_index] for seq in seqs])
+        if all(seq.num_completion_tokens >= floor for seq, floor in zip(seqs, floors)):
+            return None
+        return floors
 
     # ----------------------------------------------------------------- bookkeeping
     def _fork_prefilled(self, seqs: list[Sequence], drawn: list[list[float]]) -> None:
@@ -286,7 +301,7 @@ class _Run:
         if self.stop_ids and not self.stop_ids.isdisjoint(tokens):
             count, reason = next(i for i, token in enumerate(tokens) if token in self.stop_ids) + 1, "stop"
         seq.extend(tokens[:count], logprobs[:count], trainer_logprobs[:count])
-        if reason is None and (seq.num_completion_tokens >= self.params.max_tokens
+        if reason is None and (seq.num_completion_tokens >= self.max_tokens[seq.prompt_index]
                                or seq.num_tokens >= self.max_model_len):
             reason = "length"
         if reason is not None:

@@ -26,6 +26,11 @@ def _int64_rows(values: array.array, num_columns: int, device: torch.device) -> 
     return torch.frombuffer(values, dtype=torch.int64).view(-1, num_columns).to(device)
 
 
+def _min_tokens(values: array.array | None, device: torch.device) -> torch.Tensor | None:
+    """The rows' int64 ``min_tokens`` (``sampling.sample``) on ``device``, or None."""
+    return None if values is None else _int64_rows(values, len(values), device)[0]
+
+
 class ModelRunner:
     """Runs ``model`` over a paged KV cache of ``block_size``-token blocks (``Sampler`` documents the options)."""
 
@@ -102,12 +107,14 @@ class ModelRunner:
         destination = torch.tensor([d for _, d in copies], device=self.device)
         self.kv_cache.index_copy_(2, destination, self.kv_cache.index_select(2, source))
 
-    def prefill(self, seqs: list[Sequence], streams: array.array, params: SamplingParams) -> list[list[float]]:
+    def prefill(self, seqs: list[Sequence], streams: array.array, params: SamplingParams,
+                min_tokens: array.array | None = None) -> list[list[float]]:
         """Forward of each sequence's tokens after its cached prefix, then a draw from its last token's logits
         once per sample index: (3, rows) host lists of tokens, log-probs and trainer log-probs, rows in the order
         of ``(seq, j) for seq in seqs for j in seq.sample_indices``.
 
-        ``streams``: int64 stream keys of the rows, then their steps (tokens sampled so far).
+        ``streams``: int64 stream keys of the rows, then their steps (tokens sampled so far); ``min_tokens``:
+        int64 per row, or None (``sampling.sample``).
         """
         device, model = self.device, self.model
         cached = [seq.num_cached_tokens for seq in seqs]
@@ -126,26 +133,29 @@ class ModelRunner:
         hidden = model.forward(input_ids, positions, self.kv_cache, meta, self.backend)
         last = torch.tensor([end - 1 for (_, end), seq in zip(bounds, seqs) for _ in seq.sample_indices], device=device)
         keys, steps = _int64_rows(streams, len(last), device)
-        tokens, logprobs, trainer = sample(model.logits(hidden.index_select(0, last)), params, keys, steps)
+        logits = model.logits(hidden.index_select(0, last))
+        tokens, logprobs, trainer = sample(logits, params, keys, steps, _min_tokens(min_tokens, device))
         return torch.stack((tokens.double(), logprobs.double(), trainer.double())).cpu().tolist()
 
-    def decode(self, seqs: list[Sequence], num_steps: int, streams: array.array,
-               params: SamplingParams) -> tuple[list[list[int]], list[list[float]], list[list[float]]]:
+    def decode(self, seqs: list[Sequence], num_steps: int, streams: array.array, params: SamplingParams,
+               min_tokens: array.array | None = None) -> tuple[list[list[int]], list[list[float]], list[list[float]]]:
         """``num_steps`` decode steps of ``seqs`` (blocks for all of them already taken), each step's tokens the
         next step's input on the device; then one copy of the tokens and one of both log-probs to the host.
 
         Returns tokens, log-probs and trainer log-probs, each a (B, steps) host list. ``streams``: the int64
-        stream key of each sequence, then its step (tokens sampled so far).
+        stream key of each sequence, then its step (tokens sampled so far); ``min_tokens``: int64 per sequence,
+        or None (``sampling.sample``).
         """
         input_ids, positions, tables = self._decode_inputs(seqs)
         positions = positions + torch.arange(num_steps, device=self.device)[:, None]  # (steps, B), all at once
         slots = self._slots(tables.long().expand(num_steps, -1, -1), positions)
         context_lens = (positions + 1).to(torch.int32)
         keys, first_steps = _int64_rows(streams, len(seqs), self.device)
+        floors = _min_tokens(min_tokens, self.device)
         tokens, logprobs, trainer = [], [], []
         for step in range(num_steps):
             logits = self._decode_logits(input_ids, positions[step], tables, slots[step], context_lens[step])
-            input_ids, logprob, trainer_logprob = sample(logits, params, keys, first_steps + step)
+            input_ids, logprob, trainer_logprob = sample(logits, params, keys, first_steps + step, floors)
             tokens.append(input_ids)
             logprobs.append(logprob)
             trainer.append(trainer_logprob)

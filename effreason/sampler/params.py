@@ -33,6 +33,9 @@ class SamplingParams:
     * ``top_k``: keep the ``top_k`` most likely tokens (ties at the threshold kept); ``0`` keeps all.
     * ``max_tokens``: new tokens per completion (fewer when a stop token or the model's
       context length ends it first).
+    * ``min_tokens``: the first ``min_tokens`` tokens of a completion are never stop tokens: their
+      logits are set to -inf before the draw (vLLM's ``min_tokens``, HF's ``min_new_tokens``), so
+      ``min_tokens = max_tokens`` forces a completion of exactly ``max_tokens`` tokens.
     * ``stop_token_ids``: a sampled token in this set ends the completion (it is kept in the output).
     * ``seed``: makes the run reproducible; completion ``j`` of prompt ``i`` draws its noise
       from a counter-based stream keyed by ``(seed, i, j, step)``, independent of batching.
@@ -44,6 +47,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     max_tokens: int = 256
+    min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
 
@@ -51,6 +55,9 @@ class SamplingParams:
         _check_int("n", self.n, 1)
         _check_int("top_k", self.top_k, 0)
         _check_int("max_tokens", self.max_tokens, 1)
+        _check_int("min_tokens", self.min_tokens, 0)
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}")
         object.__setattr__(self, "temperature", _check_real("temperature", self.temperature, 0.0, 1e4, low_open=False))
         object.__setattr__(self, "top_p", _check_real("top_p", self.top_p, 0.0, 1.0, low_open=True))
         try:
@@ -72,3 +79,27 @@ class SamplingParams:
     def truncated(self) -> bool:
         """True when top-k or top-p cut the distribution that a non-greedy draw samples from."""
         return self.top_k > 0 or self.top_p < 1.0
+
+
+PER_PROMPT_FIELDS = ("max_tokens", "min_tokens")
+"""The fields that may differ between the per-prompt ``SamplingParams`` of one ``generate`` call: the draw
+itself is batched over every sequence, with one ``n``, temperature, top-k/top-p, stop set and seed."""
+
+
+def per_prompt_params(params, num_prompts: int) -> list[SamplingParams]:
+    """One ``SamplingParams`` per prompt from ``params``: a ``SamplingParams`` for all of them, or a list or
+    tuple of ``num_prompts`` that differ only in ``PER_PROMPT_FIELDS`` (``ValueError`` naming ``params``
+    otherwise)."""
+    if isinstance(params, SamplingParams):
+        return [params] * num_prompts
+    if not isinstance(params, (list, tuple)) or not all(isinstance(p, SamplingParams) for p in params):
+        raise ValueError(f"params must be a SamplingParams or a list of one per prompt, got {type(params).__name__}")
+    if len(params) != num_prompts:
+        raise ValueError(f"params: {len(params)} SamplingParams for {num_prompts} prompts")
+    shared = [field.name for field in dataclasses.fields(SamplingParams) if field.name not in PER_PROMPT_FIELDS]
+    for index, prompt_params in enumerate(params[1:], start=1):
+        differing = [name for name in shared if getattr(prompt_params, name) != getattr(params[0], name)]
+        if differing:
+            raise ValueError(f"params[{index}] differs from params[0] in {', '.join(differing)}: per-prompt "
+                             f"SamplingParams may differ only in {', '.join(PER_PROMPT_FIELDS)}")
+    return list(params)

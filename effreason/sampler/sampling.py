@@ -104,25 +104,42 @@ def gumbel_argmax(log_probs: torch.Tensor, keys: torch.Tensor, steps: torch.Tens
     return gumbel.add_(log_probs).argmax(dim=-1)
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor,
-           steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mask_stop_tokens(logits: torch.Tensor, stop_token_ids: tuple[int, ...], early: torch.Tensor) -> torch.Tensor:
+    """``logits`` (B, V) with the stop tokens' columns set to -inf in the rows where ``early`` (B,) bool is true
+    (a stop id outside the vocabulary is never drawn anyway)."""
+    stop = torch.tensor([t for t in stop_token_ids if t < logits.shape[-1]], dtype=torch.long, device=logits.device)
+    masked = logits.clone()
+    masked[:, stop] = logits[:, stop].masked_fill(early[:, None], float("-inf"))
+    return masked
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor, steps: torch.Tensor,
+           min_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw one token per row of float32 ``logits`` (B, V).
 
     Returns ``tokens`` (B,) int64, ``logprobs`` (B,) = ``log q(token)`` with ``q`` the truncated,
     renormalised ``softmax(logits / T)`` it was drawn from (0 for greedy, a point mass), and
     ``trainer_logprobs`` (B,) = ``log_softmax(logits / T)[token]`` untruncated (T = 1 for greedy).
+    ``min_tokens`` (B,) int64: a row whose step is below it draws no stop token (``mask_stop_tokens``,
+    part of the truncation: ``q`` is masked, ``trainer_logprobs`` are not).
     """
+    early = None if min_tokens is None else steps < min_tokens  # (B,) rows that may not stop yet
     if params.greedy:
-        tokens = logits.argmax(dim=-1)
+        allowed = logits if early is None else mask_stop_tokens(logits, params.stop_token_ids, early)
+        tokens = allowed.argmax(dim=-1)
         full = torch.log_softmax(logits, dim=-1)
         return tokens, torch.zeros_like(full[:, 0]), full.gather(1, tokens[:, None])[:, 0]
     scaled = logits if params.temperature == 1.0 else logits / params.temperature
-    truncated = params.truncated
+    truncated = params.truncated or early is not None
     if not truncated and cpu_decode.usable(scaled):  # drawn from the full distribution: one native pass
         tokens, logprobs = cpu_decode.gumbel_sample(scaled, keys, steps)
         return tokens, logprobs, logprobs
     full = torch.log_softmax(scaled, dim=-1)
-    drawn_from = torch.log_softmax(truncate_logits(scaled, params.top_k, params.top_p), dim=-1) if truncated else full
+    if truncated:
+        allowed = scaled if early is None else mask_stop_tokens(scaled, params.stop_token_ids, early)
+        drawn_from = torch.log_softmax(truncate_logits(allowed, params.top_k, params.top_p), dim=-1)
+    else:
+        drawn_from = full
     tokens = gumbel_argmax(drawn_from, keys, steps)
     picked = tokens[:, None]
     return tokens, drawn_from.gather(1, picked)[:, 0], full.gather(1, picked)[:, 0]

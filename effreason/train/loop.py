@@ -120,12 +120,9 @@ class Trainer:
         config = self.config
         # float32 master weights whatever the compute dtype: AdamW steps of 5e-6 would round away in bf16
         self.model, self.tokenizer, _ = load_checkpoint(resume_from or config.model, device=self.device, dtype=torch.float32)
-        self.model.train()
-        if self._on_with_cuda(config.gradient_checkpointing):
-            _enable_activation_checkpointing(self.model)
         self.packed_forward = self._on_with_cuda(config.packed_forward)
-        if self.packed_forward and self.device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-            self.model.set_attn_implementation("flash_attention_2")  # varlen attention over the packed rows
+        prepare_for_training(self.model, gradient_checkpointing=self._on_with_cuda(config.gradient_checkpointing),
+                             packed_forward=self.packed_forward)
         _set_cpu_threads(self.model, config.cpu_threads)
         self.plan = memory_plan.plan_for_run(config, self.model, self.device, world_size=self.context.world_size,
                                              sharded=self.context.sharded)
@@ -406,6 +403,17 @@ def initialize_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     for state in optimizer.state.values():
         state["step"].zero_()
     optimizer.zero_grad(set_to_none=True)
+
+
+def prepare_for_training(model, *, gradient_checkpointing: bool, packed_forward: bool) -> None:
+    """Train mode; each decoder layer recomputed in backward (``gradient_checkpointing``); flash-attn's varlen
+    attention over packed rows (``packed_forward``, on CUDA with ``flash_attn`` installed; SDPA otherwise)."""
+    model.train()
+    if gradient_checkpointing:
+        _enable_activation_checkpointing(model)
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    if packed_forward and on_cuda and importlib.util.find_spec("flash_attn") is not None:
+        model.set_attn_implementation("flash_attention_2")
 
 
 def _enable_activation_checkpointing(model) -> None:

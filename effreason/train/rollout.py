@@ -152,13 +152,18 @@ class RolloutEngine:
         return "paged-sampler" if self.sampler is not None else "hf-generate"
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, *, progress: bool = False) -> list[list[Completion]]:
-        """``params.n`` completions for every prompt, in prompt order (``progress``: the sampler's progress bar)."""
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams | list[SamplingParams], *,
+                 progress: bool = False) -> list[list[Completion]]:
+        """``params.n`` completions for every prompt, in prompt order (``progress``: the sampler's progress bar).
+
+        ``params``: one ``SamplingParams``, or (paged sampler only) one per prompt (``Sampler.generate``)."""
         was_training = self.model.training
         self.model.eval()
         try:
             if self.sampler is not None:
                 return self._sample(prompt_ids, params, progress)
+            if not isinstance(params, SamplingParams):
+                raise ValueError("params: per-prompt SamplingParams need the paged sampler (rollout backend 'sampler')")
             results = []
             for start in range(0, len(prompt_ids), self.max_batch_prompts):
                 chunk = prompt_ids[start:start + self.max_batch_prompts]
@@ -197,7 +202,8 @@ def _hf_generate(model, prompt_ids, params: SamplingParams, pad_token_id: int, s
     """The sampler's interface over ``model.generate`` (fallback path)."""
     device = next(model.parameters()).device
     input_ids, attention = _left_padded(prompt_ids, pad_token_id, device)
-    options = dict(do_sample=not params.greedy, max_new_tokens=params.max_tokens, num_return_sequences=params.n)
+    options = dict(do_sample=not params.greedy, max_new_tokens=params.max_tokens, min_new_tokens=params.min_tokens,
+                   num_return_sequences=params.n)
     if not params.greedy:
         options.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
     devices = [device] if device.type == "cuda" else []

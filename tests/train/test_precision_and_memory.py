@@ -1,7 +1,8 @@
 """The training options of the paper's real setup, checked on the CPU: mixed precision (float32 master
 weights and AdamW state, forward and backward in the compute dtype), activation checkpointing, the
-padding-free packed forward, and the memory the sampler holds only while it samples (its compute-dtype
-weight copy, its KV cache, FSDP2's gathered weights) and the AdamW state made before the first rollout.
+padding-free packed forward, a micro-batch of one long sequence (8k tokens; the paper's 32k on CUDA),
+and the memory the sampler holds only while it samples (its compute-dtype weight copy, its KV cache,
+FSDP2's gathered weights) and the AdamW state made before the first rollout.
 
 At the paper's learning rates (5e-6) most AdamW steps are smaller than half a bf16 ulp of the
 weight, so stepping bf16 parameters rounds them away; the master weights keep every update.
@@ -175,3 +176,44 @@ def test_fsdp2_gathers_the_weights_once_per_rollout(tiny_model_dir):
     report = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
     assert report["decode_tokens"] == 4 * 24 and report["same_tokens"]
     assert report["unshards"] == report["sharded_groups"] == 3
+
+
+def _long_sequence_loss(model_dir, num_tokens: int, *, packed: bool, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and flat gradient of one micro-batch holding a single sequence of ``num_tokens`` tokens (a 64-token
+    prompt, the rest response), packed with activation checkpointing (the CUDA setting) or padded without; on CUDA
+    under bf16 autocast, as the training loop runs it."""
+    from effreason.models import load_checkpoint
+    from effreason.train.loop import prepare_for_training
+    from effreason.train.methods.rl import PolicyLoss
+    from effreason.train.packing import build_micro_batch
+
+    model, _, _ = load_checkpoint(model_dir, device=device, dtype="float32")
+    prepare_for_training(model, gradient_checkpointing=packed, packed_forward=packed)
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(2, 90, (64,), generator=generator).tolist()
+    response = torch.randint(2, 90, (num_tokens - 64,), generator=generator).tolist()
+    batch = build_micro_batch([prompt], [response], [[-4.0] * len(response)], torch.tensor([True]), torch.tensor([0.5]),
+                              slice(0, 1), 1, 1, packed=packed).to(device)
+    loss_module = PolicyLoss(model, group_size=1, paper_objective=False, temperature=1.0,
+                             loss_options=dict(clip_eps=(0.2, 0.2), loss_agg="seq-mean-token-mean"))
+    with _autocast(torch.device(device), torch.bfloat16 if device == "cuda" else torch.float32):
+        loss, _ = loss_module(batch, 0.2)
+    loss.backward()
+    return loss.detach().cpu(), torch.cat([p.grad.flatten() for p in model.parameters()]).cpu()
+
+
+def test_a_packed_checkpointed_sequence_gives_the_padded_loss_and_gradient(tiny_model_dir):
+    packed = _long_sequence_loss(tiny_model_dir, 1024, packed=True)
+    padded = _long_sequence_loss(tiny_model_dir, 1024, packed=False)
+    torch.testing.assert_close(packed[0], padded[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(packed[1], padded[1], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("num_tokens, device", [
+    (8192, "cpu"),
+    pytest.param(32768, "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]),
+])
+def test_one_micro_batch_of_a_single_long_sequence(tiny_model_dir, num_tokens, device):
+    """The paper's longest response (32k tokens) as one packed, checkpointed micro-batch: finite loss and gradient."""
+    loss, gradient = _long_sequence_loss(tiny_model_dir, num_tokens, packed=True, device=device)
+    assert bool(torch.isfinite(loss)) and bool(torch.isfinite(gradient).all()) and bool(gradient.abs().sum() > 0)
