@@ -1,5 +1,5 @@
-"""Paged decode attention: torch reference vs a dense float64 oracle, the native op and Triton; the
-CUDA prefill's single padded attention call vs a float64 oracle per sequence.
+"""Paged decode attention: torch reference vs a dense float64 oracle, the native CPU op and Triton (one pass
+or split-K); the CUDA prefill's single padded attention call vs a float64 oracle per sequence.
 
 The Triton cases run on a GPU, or on the CPU under TRITON_INTERPRET=1: without a GPU, a test re-runs
 them in a subprocess with that variable set (it must be set before anything imports Triton).
@@ -7,6 +7,7 @@ them in a subprocess with that variable set (it must be set before anything impo
 
 from __future__ import annotations
 
+import functools
 
 import pytest
 import torch
@@ -126,12 +127,27 @@ def test_triton_cases_under_the_interpreter(run_triton_cases_interpreted):
 
 
 @pytest.mark.skipif(not triton_usable, reason="Triton unusable here (no GPU and no TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("num_splits", [1, 3, 8], ids=lambda splits: f"splits{splits}")
 @pytest.mark.parametrize("shape", SHAPES)
-def test_triton_kernel_matches_reference(shape):
+def test_triton_kernel_matches_reference(shape, num_splits):
+    """One program per (sequence, KV head), or split-K: more splits than some contexts have tiles (empty splits)."""
     from effreason.kernels.paged_attention import paged_attention_decode
     dtypes = [torch.float32, torch.bfloat16] if DEVICE.type == "cuda" else [torch.float32]
     for dtype in dtypes:
-        _check_against_reference(paged_attention_decode, shape, dtype)
+        _check_against_reference(functools.partial(paged_attention_decode, num_splits=num_splits), shape, dtype)
+
+
+@pytest.mark.skipif(not _backends.has_triton(), reason="needs Triton")
+def test_split_k_only_for_few_sequences_with_long_contexts():
+    from effreason.kernels.paged_attention import MAX_SPLITS, MIN_SPLIT_TOKENS, choose_num_splits
+    assert choose_num_splits(512, 2, 32768, num_sms=132) == 1  # the (sequence, head) programs fill the GPU
+    assert choose_num_splits(132, 2, 32768, num_sms=132) == 1
+    assert choose_num_splits(64, 2, 32768, num_sms=132) == 3
+    assert choose_num_splits(4, 2, 16384, num_sms=132) == 33  # two programs per multiprocessor
+    assert choose_num_splits(1, 1, 1 << 20, num_sms=132) == MAX_SPLITS
+    assert choose_num_splits(4, 2, 3 * MIN_SPLIT_TOKENS, num_sms=132) == 3  # a short context: few splits
+    assert choose_num_splits(4, 2, 100, num_sms=132) == 1
+    assert choose_num_splits(3, 2, 16384, num_sms=1) == 1  # the interpreter's "device"
 
 
 @pytest.mark.skipif(not _backends.has_triton(), reason="needs Triton")
@@ -144,6 +160,9 @@ def test_triton_launcher_rejects_bad_inputs():
         paged_attention_decode(query, k_cache, v_cache, tables.float(), lens, 0.5)
     with pytest.raises(ValueError, match="v_cache"):
         paged_attention_decode(query, k_cache, v_cache.double(), tables, lens, 0.5)
+    for bad_splits in (0, 65, 2.0, True):
+        with pytest.raises(ValueError, match="num_splits"):
+            paged_attention_decode(query, k_cache, v_cache, tables, lens, 0.5, num_splits=bad_splits)
     if DEVICE.type == "cpu":
         with pytest.raises(ValueError, match="context_lens"):
             paged_attention_decode(query, k_cache, v_cache, tables, lens * 0, 0.5)
