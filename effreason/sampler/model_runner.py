@@ -16,6 +16,7 @@ from effreason.sampler import attention, kv_cache
 from effreason.sampler.attention import AttentionMetadata
 from effreason.sampler.cuda_graph import DecodeGraphs
 from effreason.sampler.models import PagedModel
+from effreason.sampler.models.layers import uses_triton
 from effreason.sampler.params import SamplingParams
 from effreason.sampler.sampling import sample
 from effreason.sampler.sequence import Sequence
@@ -41,6 +42,7 @@ class ModelRunner:
         self.kv_cache: torch.Tensor | None = None
         self.num_blocks = 0
         self.backend = "torch"
+        self.triton = False  # the forward's small ops and the draw as Triton kernels (``layers.uses_triton``)
         self.graphs: DecodeGraphs | None = None
 
     @property
@@ -67,6 +69,7 @@ class ModelRunner:
             return False
         self.kv_cache = self.graphs = None
         self.backend = self._choose_backend()
+        self.triton = uses_triton(self.backend, model.device)
         token_bytes = kv_cache.bytes_per_token(model.num_layers, model.num_kv_heads, model.head_dim, model.dtype)
         capacity = self.kv_cache_tokens or kv_cache.capacity_tokens(model.device, token_bytes,
                                                                     self.kv_cache_memory_fraction)
@@ -120,7 +123,7 @@ class ModelRunner:
         hidden = model.forward(input_ids, positions, self.kv_cache, meta, self.backend)
         last = torch.tensor([end - 1 for (_, end), seq in zip(bounds, seqs) for _ in seq.sample_indices], device=device)
         keys, steps = _int64_rows(streams, len(last), device)
-        tokens, logprobs, trainer = sample(model.logits(hidden.index_select(0, last)), params, keys, steps)
+        tokens, logprobs, trainer = sample(model.logits(hidden.index_select(0, last)), params, keys, steps, self.triton)
         return torch.stack((tokens.double(), logprobs.double(), trainer.double())).cpu().tolist()
 
     def decode(self, seqs: list[Sequence], num_steps: int, streams: array.array,
@@ -139,7 +142,7 @@ class ModelRunner:
         tokens, logprobs, trainer = [], [], []
         for step in range(num_steps):
             logits = self._decode_logits(input_ids, positions[step], tables, slots[step], context_lens[step])
-            input_ids, logprob, trainer_logprob = sample(logits, params, keys, first_steps + step)
+            input_ids, logprob, trainer_logprob = sample(logits, params, keys, first_steps + step, self.triton)
             tokens.append(input_ids)
             logprobs.append(logprob)
             trainer.append(trainer_logprob)

@@ -104,14 +104,26 @@ def gumbel_argmax(log_probs: torch.Tensor, keys: torch.Tensor, steps: torch.Tens
     return gumbel.add_(log_probs).argmax(dim=-1)
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor,
-           steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw one token per row of float32 ``logits`` (B, V).
+def sample(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor, steps: torch.Tensor,
+           triton: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw one token per row of ``logits`` (B, V), in the model's dtype (float32 inside).
 
     Returns ``tokens`` (B,) int64, ``logprobs`` (B,) = ``log q(token)`` with ``q`` the truncated,
     renormalised ``softmax(logits / T)`` it was drawn from (0 for greedy, a point mass), and
-    ``trainer_logprobs`` (B,) = ``log_softmax(logits / T)[token]`` untruncated (T = 1 for greedy).
+    ``trainer_logprobs`` (B,) = ``log_softmax(logits / T)[token]`` untruncated (T = 1 for greedy), float32.
+
+    With ``triton`` (the GPU path, ``layers.uses_triton``), a greedy or untruncated draw is one pass of the
+    kernel ``effreason.kernels.gumbel_sampling`` over the logits as they are (no float32 copy); the torch code
+    below is its reference.
     """
+    if triton and (params.greedy or not params.truncated):
+        from effreason.kernels.gumbel_sampling import greedy_sample, gumbel_sample
+        if params.greedy:
+            tokens, trainer = greedy_sample(logits)
+            return tokens, torch.zeros_like(trainer), trainer
+        tokens, logprobs = gumbel_sample(logits, keys, steps, params.temperature)
+        return tokens, logprobs, logprobs
+    logits = logits.float()
     if params.greedy:
         tokens = logits.argmax(dim=-1)
         full = torch.log_softmax(logits, dim=-1)
