@@ -35,17 +35,17 @@ SHAPES = [
 ]
 
 
-def _inputs(shape, dtype, seed=0):
+def _inputs(shape, dtype, seed=0, device=DEVICE):
     num_seqs, num_heads, num_kv_heads, head_dim, block_size, lens = shape
     generator = torch.Generator().manual_seed(seed)
     max_blocks = -(-max(lens) // block_size) + 1  # one spare column of padding entries
     num_blocks = num_seqs * max_blocks + 3
     tables = torch.randperm(num_blocks, generator=generator)[: num_seqs * max_blocks].view(num_seqs, max_blocks)
-    make = lambda *size: torch.randn(*size, generator=generator).to(DEVICE, dtype)
+    make = lambda *size: torch.randn(*size, generator=generator).to(device, dtype)
     query = make(num_seqs, num_heads, head_dim)
     k_cache = make(num_blocks, num_kv_heads, block_size, head_dim)
     v_cache = make(num_blocks, num_kv_heads, block_size, head_dim)
-    return query, k_cache, v_cache, tables.to(DEVICE, torch.int32), torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    return query, k_cache, v_cache, tables.to(device, torch.int32), torch.tensor(lens, dtype=torch.int32, device=device)
 
 
 def _dense_oracle(query, k_cache, v_cache, tables, lens, scale):
@@ -71,8 +71,8 @@ def test_reference_matches_dense_oracle(shape):
     torch.testing.assert_close(out.cpu().double(), _dense_oracle(*inputs, 0.37), atol=1e-5, rtol=0)
 
 
-def _check_against_reference(kernel, shape, dtype):
-    inputs = _inputs(shape, dtype)
+def _check_against_reference(kernel, shape, dtype, device=DEVICE):
+    inputs = _inputs(shape, dtype, device=device)
     oracle = _dense_oracle(*inputs, 0.37)
     out = kernel(*inputs, 0.37)
     assert out.dtype == dtype and out.shape == inputs[0].shape
@@ -82,34 +82,33 @@ def _check_against_reference(kernel, shape, dtype):
 
 
 native_available = _backends.has_native() and hasattr(torch.ops.effreason, "paged_attention_decode")
-native_on_device = native_available and (DEVICE.type == "cpu" or _backends.has_native_cuda())
+CPU = torch.device("cpu")  # the native op is the CPU's (on CUDA: Triton)
 
 
-@pytest.mark.skipif(not native_on_device, reason="effreason._C without paged_attention_decode for this device")
+@pytest.mark.skipif(not native_available, reason="effreason._C without paged_attention_decode")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_native_op_matches_reference(shape, dtype):
-    _check_against_reference(torch.ops.effreason.paged_attention_decode, shape, dtype)
+    _check_against_reference(torch.ops.effreason.paged_attention_decode, shape, dtype, device=CPU)
 
 
-@pytest.mark.skipif(not native_on_device, reason="effreason._C without paged_attention_decode for this device")
+@pytest.mark.skipif(not native_available, reason="effreason._C without paged_attention_decode")
 def test_native_op_registration_and_value_errors():
-    inputs = _inputs(SHAPES[1], torch.float32)
+    inputs = _inputs(SHAPES[1], torch.float32, device=CPU)
     torch.library.opcheck(torch.ops.effreason.paged_attention_decode.default, (*inputs, 0.5),
                           test_utils=("test_schema", "test_faketensor"))
     query, k_cache, v_cache, tables, lens = inputs
     with pytest.raises(ValueError, match="heads"):
         torch.ops.effreason.paged_attention_decode(query[:, :5], k_cache, v_cache, tables, lens, 0.5)
-    if DEVICE.type == "cpu":
-        with pytest.raises(ValueError, match="context_lens"):
-            torch.ops.effreason.paged_attention_decode(query, k_cache, v_cache, tables, lens * 100, 0.5)
+    with pytest.raises(ValueError, match="context_lens"):
+        torch.ops.effreason.paged_attention_decode(query, k_cache, v_cache, tables, lens * 100, 0.5)
 
 
-@pytest.mark.skipif(not native_on_device, reason="effreason._C without paged_attention_decode for this device")
+@pytest.mark.skipif(not native_available, reason="effreason._C without paged_attention_decode")
 def test_native_op_reads_strided_query_heads():
     """Query heads further apart than head_dim (a view of a wider tensor) give the contiguous result."""
-    query, k_cache, v_cache, tables, lens = _inputs(SHAPES[3], torch.float32)
-    wide = torch.zeros(query.shape[0], query.shape[1], 2 * query.shape[2], device=DEVICE)
+    query, k_cache, v_cache, tables, lens = _inputs(SHAPES[3], torch.float32, device=CPU)
+    wide = torch.zeros(query.shape[0], query.shape[1], 2 * query.shape[2])
     wide[..., :query.shape[2]] = query
     strided = wide[..., :query.shape[2]]
     assert strided.stride(1) == 2 * query.shape[2]
@@ -127,10 +126,10 @@ def test_triton_cases_under_the_interpreter(run_triton_cases_interpreted):
 
 
 @pytest.mark.skipif(not triton_usable, reason="Triton unusable here (no GPU and no TRITON_INTERPRET=1)")
-@pytest.mark.parametrize("num_splits", [1, 3, 8], ids=lambda splits: f"splits{splits}")
+@pytest.mark.parametrize("num_splits", [1, 5], ids=lambda splits: f"splits{splits}")
 @pytest.mark.parametrize("shape", SHAPES)
 def test_triton_kernel_matches_reference(shape, num_splits):
-    """One program per (sequence, KV head), or split-K: more splits than some contexts have tiles (empty splits)."""
+    """One program per (sequence, KV head), or split-K: 5 splits, more than most contexts here have tiles (empty splits)."""
     from effreason.kernels.paged_attention import paged_attention_decode
     dtypes = [torch.float32, torch.bfloat16] if DEVICE.type == "cuda" else [torch.float32]
     for dtype in dtypes:
