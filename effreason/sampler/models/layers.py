@@ -110,7 +110,7 @@ class Step:
     sin: torch.Tensor
     native: bool
     native_products: bool
-    triton: bool = False
+    triton: bool
 
 
 def uses_triton(backend: str, device: torch.device) -> bool:
