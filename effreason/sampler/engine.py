@@ -60,8 +60,10 @@ class Sampler:
       reused by every ``generate`` while the model's device and dtype stay the same.
     * ``cuda_graphs``: capture the CUDA decode step for bucketed batch sizes (CUDA kernels only).
     * ``attention_backend``: the paged decode attention, one of ``attention.DECODE_BACKENDS``
-      (``"flash"``, ``"triton"``, ``"native"``, ``"torch"``); default the fastest usable one. One
-      that is unusable on the model's device is a ``ValueError`` at the first ``generate``.
+      (``"flash"``, ``"triton"``, ``"native"`` (CPU), ``"torch"``); default the fastest usable one. With
+      ``"flash"`` or ``"triton"`` the layers' small ops and the draws run as Triton kernels too
+      (``layers.uses_triton``). One that is unusable on the model's device is a ``ValueError`` at the first
+      ``generate``.
     * ``prefix_caching``: reuse the K/V of full prompt blocks whose tokens (and all tokens before them)
       were prefilled before, across prompts and ``generate`` calls, until the weights change: an optimizer
       step, ``load_state_dict`` or a replaced parameter is seen; any other in-place change of the weights
