@@ -133,18 +133,20 @@ def test_triton_rope_write_kv_matches_torch(shape, dtype, fused_qkv):
     """q and k rotated in place as ``layers.rotate``; the caches after the write equal ``attention.write_kv``'s:
     exactly, slot by slot, and every other slot untouched."""
     from effreason.kernels.rope_write_kv import rope_write_kv
-    query, key, value, cos, sin, positions, k_cache, v_cache, slots = _rope_inputs(shape, dtype, fused_qkv)
+    inputs = _rope_inputs(shape, dtype, fused_qkv)
+    # the reference on the CPU, whose addcmul_ is one fused multiply-add like the kernel's (on every device)
+    query, key, value, cos, sin, positions, k_cache, v_cache, slots = (tensor.cpu().clone() for tensor in inputs)
     cos_rows, sin_rows = cos[positions][:, None], sin[positions][:, None]
     expected_query, expected_key = rotate(query, cos_rows, sin_rows), rotate(key, cos_rows, sin_rows)
     expected_k_cache, expected_v_cache = k_cache.clone(), v_cache.clone()
     write_kv(expected_k_cache, expected_v_cache, expected_key, value, slots)
-    untouched_value = value.clone()
 
-    rope_write_kv(query, key, value, cos, sin, positions, k_cache, v_cache, slots)
+    rope_write_kv(*inputs)
+    query, key, written_value, _, _, _, k_cache, v_cache, _ = (tensor.cpu() for tensor in inputs)
     _close(query, expected_query, dtype, exact=True)
     _close(key, expected_key, dtype, exact=True)
     _close(k_cache, expected_k_cache, dtype, exact=True)
-    assert torch.equal(value, untouched_value)
+    assert torch.equal(written_value, value)
     assert torch.equal(v_cache, expected_v_cache)
     written_k_cache = expected_k_cache.clone()
     write_kv(written_k_cache, v_cache.clone(), key, value, slots)  # the key the kernel returned, where it wrote it
