@@ -210,7 +210,8 @@ def test_triton_cases_under_the_interpreter(run_triton_cases_interpreted):
                          ids=["llama-split-k", "qwen3"])
 def test_triton_path_matches_the_torch_path(make_model, split_k, monkeypatch):
     """The whole Triton path of the sampler (attention, fused norms, RoPE with the cache write, SwiGLU, the draws
-    from the logits) on the CPU under the interpreter: greedy output equal to the torch path's and HF's,
+    from the logits; prompts sharing cached blocks) on the CPU under the interpreter: greedy output equal to the
+    torch path's and HF's,
     seeded draws equal to the torch path's, log-probs within float32 rounding. ``split_k``: attention split as
     on a GPU of 132 multiprocessors, in splits of at least 8 tokens."""
     if split_k:
@@ -218,7 +219,7 @@ def test_triton_path_matches_the_torch_path(make_model, split_k, monkeypatch):
         monkeypatch.setattr(paged_attention, "_num_sms", lambda device: 132)
         monkeypatch.setattr(paged_attention, "MIN_SPLIT_TOKENS", 8)
     model = make_model()
-    prompts = random_prompts((1, 6, 17))
+    prompts = random_prompts((1, 6, 17)) + _shared_prefix_prompts(9, (2, 5))  # the last two share 2 cached blocks
     samplers = {backend: Sampler(model, block_size=4, kv_cache_tokens=512, attention_backend=backend)
                 for backend in ("triton", "torch")}
     for params in (SamplingParams(n=2, temperature=0, max_tokens=10),
@@ -232,6 +233,7 @@ def test_triton_path_matches_the_torch_path(make_model, split_k, monkeypatch):
                 torch.testing.assert_close(torch.tensor(completion.trainer_logprobs),
                                            torch.tensor(expected.trainer_logprobs), atol=LOGPROB_TOLERANCE, rtol=0)
     assert samplers["triton"].runner.triton and not samplers["torch"].runner.triton
+    assert samplers["triton"].last_stats["cached_prompt_tokens"] > 0  # prefill read K/V the Triton kernel wrote
 
 
 @pytest.mark.gpu
