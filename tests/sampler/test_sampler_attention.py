@@ -192,3 +192,82 @@ def test_padding_pays_only_for_small_masks_and_little_padding():
     assert padding_pays([(0, 100), (100, 180)])
     assert not padding_pays([(0, 1), (1, 2), (2, 100)])  # 3 x 100 padded rows for 100 tokens
     assert not padding_pays([(s * 4096, (s + 1) * 4096) for s in range(64)])  # a 1 GiB mask
+
+
+# ------------------------------------------------------------------ prefill over the paged cache in one launch
+# (cached, new) tokens per sequence, heads, kv heads, head dim, block size: no prefix; prefixes of whole and
+# partial blocks; one new token; more new tokens than a query tile (32); GQA groups of 1, 3 and 4
+PREFILL_CASES = [
+    ([(0, 1), (0, 7), (0, 12)], 6, 2, 24, 4),
+    ([(8, 3), (0, 33), (5, 1), (13, 40)], 4, 1, 16, 8),
+    ([(30, 70)], 3, 3, 64, 16),
+    ([(2, 2), (17, 9)], 8, 2, 128, 2),
+]
+
+
+def _prefill_inputs(case, dtype, device=DEVICE):
+    """Packed new-token queries and keys/values, caches holding every sequence's whole context (new tokens
+    included), tables, and the metadata of the torch path (``prefill_attention``)."""
+    from effreason.sampler.attention import AttentionMetadata, cached_context
+    seqs, num_heads, num_kv_heads, head_dim, block_size = case
+    generator = torch.Generator().manual_seed(len(seqs) + head_dim)
+    widths = [-(-(cached + new) // block_size) for cached, new in seqs]
+    num_blocks = sum(widths) + 2
+    order = torch.randperm(num_blocks, generator=generator)
+    tables = torch.zeros(len(seqs), max(widths) + 1, dtype=torch.int32)
+    for index, width in enumerate(widths):
+        tables[index, :width] = order[sum(widths[:index]):sum(widths[:index + 1])]
+    make = lambda *size: torch.randn(*size, generator=generator).to(device, dtype)  # noqa: E731
+    k_cache, v_cache = (make(num_blocks, num_kv_heads, block_size, head_dim) for _ in range(2))
+    tables = tables.to(device)
+    news = [new for _, new in seqs]
+    query = make(sum(news), num_heads, head_dim)
+    key = torch.cat([cached_context(k_cache, tables[s], c + n)[:, c:].transpose(0, 1) for s, (c, n) in enumerate(seqs)])
+    value = torch.cat([cached_context(v_cache, tables[s], c + n)[:, c:].transpose(0, 1) for s, (c, n) in enumerate(seqs)])
+    ends = torch.tensor(news).cumsum(0)
+    cu_seqlens = torch.cat([ends.new_zeros(1), ends]).to(device, torch.int32)
+    cached = [c for c, _ in seqs]
+    meta = AttentionMetadata(is_prefill=True, slot_mapping=torch.zeros(0, dtype=torch.int64),
+                             seq_bounds=list(zip((ends - torch.tensor(news)).tolist(), ends.tolist())),
+                             cu_seqlens=cu_seqlens, max_seqlen=max(news), prefix_lens=cached,
+                             prefix_tables=list(tables) if any(cached) else None)
+    context_lens = torch.tensor([c + n for c, n in seqs], dtype=torch.int32, device=device)
+    return (query, key, value, k_cache, v_cache, meta), (tables, cu_seqlens, context_lens, max(news))
+
+
+@pytest.mark.skipif(not triton_usable, reason="Triton unusable here (no GPU and no TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("case", PREFILL_CASES, ids=str)
+def test_triton_paged_prefill_matches_reference(case):
+    """One launch for all sequences vs ``prefill_attention``'s torch path; both against its float64 run."""
+    from effreason.kernels.paged_prefill import paged_prefill_attention
+    from effreason.sampler.attention import prefill_attention
+    scale = case[3] ** -0.5
+    oracle_inputs, _ = _prefill_inputs(case, torch.float64, device=CPU)
+    oracle = prefill_attention(*oracle_inputs, scale)
+    dtypes = [torch.float32, torch.bfloat16] if DEVICE.type == "cuda" else [torch.float32]
+    for dtype in dtypes:
+        (query, key, value, k_cache, v_cache, meta), (tables, cu_seqlens, lens, longest) = _prefill_inputs(case, dtype)
+        out = paged_prefill_attention(query, k_cache, v_cache, tables, cu_seqlens, lens, longest, scale)
+        assert out.dtype == dtype and out.shape == query.shape
+        reference_error = (prefill_attention(query, key, value, k_cache, v_cache, meta, scale).cpu().double()
+                           - oracle).abs().max()
+        kernel_error = (out.cpu().double() - oracle).abs().max()
+        assert kernel_error <= max(2 * reference_error, TOLERANCE[dtype]), (kernel_error, reference_error)
+
+
+@pytest.mark.skipif(not _backends.has_triton(), reason="needs Triton")
+def test_triton_paged_prefill_rejects_bad_inputs():
+    from effreason.kernels.paged_prefill import paged_prefill_attention
+    (query, _, _, k_cache, v_cache, _), (tables, cu_seqlens, lens, longest) = _prefill_inputs(PREFILL_CASES[1],
+                                                                                              torch.float32, CPU)
+    good = (query, k_cache, v_cache, tables, cu_seqlens, lens, longest, 0.25)
+    bad = {"query": (query[..., :-1],), "v_cache": (query, k_cache, v_cache.double()),
+           "block_tables": (query, k_cache, v_cache, tables.long()),
+           "cu_seqlens": (query, k_cache, v_cache, tables, cu_seqlens[:-1]),
+           "context_lens": (query, k_cache, v_cache, tables, cu_seqlens, lens.long()),
+           "max_new_tokens": (query, k_cache, v_cache, tables, cu_seqlens, lens, -1)}
+    bad["cu_seqlens must rise"] = (query, k_cache, v_cache, tables, cu_seqlens, lens, longest - 1)
+    bad["context_lens must be in"] = (query, k_cache, v_cache, tables, cu_seqlens, lens * 0)
+    for name, prefix in bad.items():
+        with pytest.raises(ValueError, match=name):
+            paged_prefill_attention(*prefix, *good[len(prefix):])

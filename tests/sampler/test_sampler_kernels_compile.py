@@ -86,6 +86,12 @@ def _rope_inputs(dtype):
     return query, key, value, cos, sin, positions, caches[0], caches[1], slots
 
 
+def _prefill_inputs(dtype):
+    query, k_cache, v_cache, tables, lens = _paged_inputs(dtype)
+    packed = torch.randn(45, query.shape[1], query.shape[2], dtype=dtype)  # 1, 20 and 24 new tokens
+    return (packed, k_cache, v_cache, tables, torch.tensor([0, 1, 21, 45], dtype=torch.int32), lens, 24)
+
+
 def _streams(rows):
     return torch.arange(rows), torch.zeros(rows, dtype=torch.int64)
 
@@ -103,6 +109,9 @@ LAUNCHES = {
         m.paged_attention_decode(*_paged_inputs(torch.bfloat16), 0.125, num_splits=1),
         m.paged_attention_decode(*_paged_inputs(torch.bfloat16), 0.125, num_splits=5),
         m.paged_attention_decode(*_paged_inputs(torch.float32), 0.125, num_splits=1))),
+    "paged_prefill": ("paged_prefill", ["_paged_prefill_kernel"], lambda m: (
+        m.paged_prefill_attention(*_prefill_inputs(torch.bfloat16), 0.125),
+        m.paged_prefill_attention(*_prefill_inputs(torch.float32), 0.125))),
     "gumbel_sampling": ("gumbel_sampling", ["_sample_kernel"], lambda m: (
         m.gumbel_sample(torch.randn(4, 151936, dtype=torch.bfloat16), *_streams(4), 0.7),
         m.greedy_sample(torch.randn(4, 151936, dtype=torch.bfloat16)),
