@@ -37,7 +37,9 @@ class AttentionMetadata:
       ``cu_seqlens`` (S + 1,) int32 and ``max_seqlen`` for varlen kernels; ``prefix_lens`` python
       ``[c]``: each sequence's leading tokens already in the cache (its packed tokens are positions
       ``c ..``), with ``prefix_tables`` (each sequence's block table) when any ``c > 0``; on CUDA,
-      ``padded_layout`` (``padded_layout``'s rows and mask), set by the first layer that pads.
+      ``padded_layout`` (``padded_layout``'s rows and mask), set by the first layer that pads. With
+      ``block_tables`` (S, max_blocks) int32 and ``context_lens`` (S,) int32 (cached + new tokens) set, the
+      Triton kernel ``effreason.kernels.paged_prefill`` runs it (``Sampler(paged_prefill=True)``).
     * decode: ``block_tables`` (B, max_blocks) int32, ``context_lens`` (B,) int32, and for the
       torch path ``gather_index`` (B * Hkv * max_blocks,) and ``padding_mask`` (B * Hkv, 1, T).
     """
@@ -175,7 +177,13 @@ def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 
     A sequence with ``c`` cached leading tokens attends over its whole context read back from the
     cache (its new K/V are written there first): query ``i`` (position ``c + i``) sees keys ``<= c + i``.
+    With ``meta.block_tables`` set, one launch of the Triton paged prefill kernel; the torch code below
+    is its reference.
     """
+    if meta.block_tables is not None:
+        from effreason.kernels.paged_prefill import paged_prefill_attention
+        return paged_prefill_attention(query, k_cache, v_cache, meta.block_tables, meta.cu_seqlens,
+                                       meta.context_lens, meta.max_seqlen, scale)
     flash = _flash_attn()
     no_prefix = meta.prefix_tables is None
     if flash is not None and no_prefix and query.is_cuda and query.dtype in _FLASH_DTYPES:
