@@ -14,7 +14,10 @@ GPU path (its reference), on a decode step of the Qwen2.5-0.5B shape in bf16 (51
   log-softmax, Gumbel kernel);
 * ``attention``: the Triton paged attention vs the torch backend (gather + bmm);
 * ``attention split-K``: 4 sequences of 16,384 tokens, split-K (as chosen for this GPU) vs one program per
-  (sequence, KV head) vs torch.
+  (sequence, KV head) vs torch;
+* ``prefill``: the paged prefill kernel (``Sampler(paged_prefill=True)``) vs ``attention.prefill_attention``
+  (flash-attn varlen when installed, else SDPA), 64 prompts of 64-256 tokens, and 16 prompts of 16 new
+  tokens after 512 cached ones (the torch path: one SDPA call per prompt over its gathered context).
 
 Times are medians of CUDA-event-timed calls after a warm-up; "peak MiB" is what one call allocates at most
 beyond its inputs. Results also go to ``$EFFREASON_BENCH_RESULTS/decode_kernels_gpu.json`` (read by
@@ -36,9 +39,11 @@ QUICK = os.environ.get("EFFREASON_BENCH_QUICK", "0") == "1"
 RESULTS_DIR = os.environ.get("EFFREASON_BENCH_RESULTS", os.path.join(os.environ.get("TMPDIR", "/tmp"), "effreason_bench"))
 REPEATS = 20
 GPU_SHAPE = dict(rows=512, hidden=896, heads=14, kv_heads=2, head_dim=64, intermediate=4864, vocab=151936,
-                 context=416, block_size=16, long_context=16384, long_seqs=4)
+                 context=416, block_size=16, long_context=16384, long_seqs=4,
+                 prompts=64, prompt_tokens=(64, 256), cached_prompts=16, cached_tokens=512, new_tokens=16)
 DRY_RUN_SHAPE = dict(rows=4, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=112, vocab=96,
-                     context=20, block_size=4, long_context=64, long_seqs=2)
+                     context=20, block_size=4, long_context=64, long_seqs=2,
+                     prompts=3, prompt_tokens=(5, 12), cached_prompts=2, cached_tokens=8, new_tokens=3)
 DRY_RUN_SPLITS = 4  # the interpreter has no multiprocessors to fill: split-K forced
 
 
@@ -103,6 +108,34 @@ def _attention_contestants(num_seqs: int, context: int, shape: dict, device, dty
     return triton, lambda: attention.attend_gathered(query, k_cache, v_cache, index, mask, scale)
 
 
+def _prefill_contestants(cached: list[int], new: list[int], shape: dict, device, dtype, generator):
+    """The paged prefill kernel and ``prefill_attention``'s own path, prompts of ``new`` tokens after ``cached``."""
+    from effreason.kernels.paged_prefill import paged_prefill_attention
+    from effreason.sampler import attention
+    block_size, kv_heads, head_dim = shape["block_size"], shape["kv_heads"], shape["head_dim"]
+    widths = [-(-(c + n) // block_size) for c, n in zip(cached, new)]
+    num_blocks = sum(widths)
+    order = torch.randperm(num_blocks, generator=generator).tolist()
+    tables = torch.zeros(len(new), max(widths), dtype=torch.int32)
+    for index, width in enumerate(widths):
+        tables[index, :width] = torch.tensor(order[sum(widths[:index]):sum(widths[:index]) + width])
+    tables = tables.to(device)
+    k_cache, v_cache = (torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=generator).to(device, dtype)
+                        for _ in range(2))
+    query, key, value = (torch.randn(sum(new), heads, head_dim, generator=generator).to(device, dtype)
+                         for heads in (shape["heads"], kv_heads, kv_heads))
+    ends = torch.tensor(new).cumsum(0)
+    cu_seqlens = torch.cat([ends.new_zeros(1), ends]).to(device, torch.int32)
+    meta = attention.AttentionMetadata(
+        is_prefill=True, slot_mapping=torch.zeros(0, dtype=torch.int64, device=device),
+        seq_bounds=list(zip((ends - torch.tensor(new)).tolist(), ends.tolist())), cu_seqlens=cu_seqlens,
+        max_seqlen=max(new), prefix_lens=cached, prefix_tables=list(tables) if any(cached) else None)
+    lens = torch.tensor([c + n for c, n in zip(cached, new)], dtype=torch.int32, device=device)
+    scale = head_dim ** -0.5
+    return (lambda: paged_prefill_attention(query, k_cache, v_cache, tables, cu_seqlens, lens, max(new), scale),
+            lambda: attention.prefill_attention(query, key, value, k_cache, v_cache, meta, scale))
+
+
 def _rows(device: torch.device) -> list[dict]:
     from effreason.kernels.paged_attention import _num_sms, choose_num_splits
     from effreason.kernels.rms_norm import rms_norm
@@ -164,6 +197,16 @@ def _rows(device: torch.device) -> list[dict]:
                                                                  generator, sorted({1, splits}))
     for name, kernel in attention_kernels.items():
         row(f"attention {long_seqs} x {long_context}, {name}", kernel, torch_attention, "torch gather + bmm")
+
+    low, high = shape["prompt_tokens"]
+    lengths = torch.randint(low, high + 1, (shape["prompts"],), generator=generator).tolist()
+    kernel, reference = _prefill_contestants([0] * len(lengths), lengths, shape, device, dtype, generator)
+    row(f"prefill {len(lengths)} x {low}-{high}", kernel, reference, "prefill_attention")
+    cached_prompts = shape["cached_prompts"]
+    kernel, reference = _prefill_contestants([shape["cached_tokens"]] * cached_prompts,
+                                             [shape["new_tokens"]] * cached_prompts, shape, device, dtype, generator)
+    row(f"prefill {cached_prompts} x {shape['new_tokens']} after {shape['cached_tokens']}", kernel, reference,
+        "prefill_attention")
     return results
 
 
