@@ -67,7 +67,7 @@ stage "benchmarks"
 timeout 120 "$PY" -m pytest bench/test_fused_ops.py -q -s -p no:cacheprovider -k gpu_throughput 2>&1 \
   | tee -a "$EFFREASON_BENCH_RESULTS/bench.log" | tail -12
 timeout 90 "$PY" -m pytest bench/test_decode_kernels.py -q -s -p no:cacheprovider 2>&1 \
-  | tee -a "$EFFREASON_BENCH_RESULTS/bench.log" | tail -10
+  | tee -a "$EFFREASON_BENCH_RESULTS/bench.log" | tail -14
 timeout 180 "$PY" -m pytest bench/test_sampler_throughput.py -q -s -p no:cacheprovider -k gpu 2>&1 \
   | tee -a "$EFFREASON_BENCH_RESULTS/bench.log" | tail -15
 
