@@ -4,10 +4,12 @@
 #      CUDA kernels (sm_90 and its PTX only, to save time),
 #   2. measures the card's ceilings (bf16 matmul TFLOP/s, device copy bandwidth: bench/ceilings.py),
 #   3. runs the GPU tests: fused ops (torch, triton and cuda backends), the native segment op, the
-#      sampler (greedy equality with HF generate(), log-probs, preemption, Triton/CUDA attention,
-#      CUDA graphs),
-#   4. runs the GPU benchmarks: bench/test_fused_ops.py (bf16, N=16384, H=1536/4096, V=151936) and
-#      bench/test_sampler_throughput.py (Qwen2.5-0.5B shape, 64 prompts x 8 samples x 512 tokens),
+#      sampler (greedy equality with HF generate(), log-probs, preemption, Triton attention with and
+#      without split-K, the Triton layer and sampling kernels, CUDA graphs),
+#   4. runs the GPU benchmarks: bench/test_fused_ops.py (bf16, N=16384, H=1536/4096, V=151936),
+#      bench/test_decode_kernels.py (the sampler's Triton kernels vs their torch references, split-K at
+#      4 x 16k context) and bench/test_sampler_throughput.py (Qwen2.5-0.5B shape, 64 prompts x 8 samples
+#      x 512 tokens),
 #   5. breaks a sampler decode step down (bench/profile_sampler.py: each attention backend, the
 #      parts alone, host and device profiles),
 #   6. runs the training tests on CUDA (tests/train/test_precision_and_memory.py: bf16 compute with float32
@@ -20,9 +22,9 @@
 #   9. prints a short table (bench/gpu_report.py).
 # Every stage has its own time limit, so one hang cannot eat the others. Results (build.log,
 # ceilings.json, tests.xml, tests.log, tests_train.xml, tests_train.log, bench.log, fused_ops_gpu_*.json,
-# profile_sampler.txt, rl_step_gpu.json, memory_7b_gpu.json, train.log, train_summary.json,
-# train_metrics.jsonl: 17 files) go to $EFFREASON_BENCH_RESULTS, else $OUT/gpu when $OUT is set, else
-# /tmp/effreason_bench.
+# decode_kernels_gpu.json, profile_sampler.txt, rl_step_gpu.json, memory_7b_gpu.json, train.log,
+# train_summary.json, train_metrics.jsonl: 18 files) go to $EFFREASON_BENCH_RESULTS, else $OUT/gpu when
+# $OUT is set, else /tmp/effreason_bench.
 #
 # Usage:  bash bench/gpu_check.sh          (PYTHON=... to pick the interpreter; python3 by default)
 # CPU dry run (no GPU; tiny shapes, Triton interpreter, no build):
@@ -63,7 +65,7 @@ if [ -f "$EFFREASON_BENCH_RESULTS/ceilings.json" ]; then
 fi
 
 stage "tests"
-timeout 240 "$PY" -m pytest tests/ops/test_fused_backends.py tests/rl/test_segment_native.py tests/sampler -q \
+timeout 300 "$PY" -m pytest tests/ops/test_fused_backends.py tests/rl/test_segment_native.py tests/sampler -q \
   -p no:cacheprovider -rfEs --tb=short --junitxml="$EFFREASON_BENCH_RESULTS/tests.xml" \
   >"$EFFREASON_BENCH_RESULTS/tests.log" 2>&1
 grep -E "^(FAILED|ERROR)|passed|failed" "$EFFREASON_BENCH_RESULTS/tests.log" | tail -25
@@ -72,6 +74,8 @@ stage "benchmarks"
 : >"$EFFREASON_BENCH_RESULTS/bench.log"
 timeout 120 "$PY" -m pytest bench/test_fused_ops.py -q -s -p no:cacheprovider -k gpu_throughput 2>&1 \
   | tee -a "$EFFREASON_BENCH_RESULTS/bench.log" | tail -12
+timeout 90 "$PY" -m pytest bench/test_decode_kernels.py -q -s -p no:cacheprovider 2>&1 \
+  | tee -a "$EFFREASON_BENCH_RESULTS/bench.log" | tail -14
 timeout 180 "$PY" -m pytest bench/test_sampler_throughput.py -q -s -p no:cacheprovider -k gpu 2>&1 \
   | tee -a "$EFFREASON_BENCH_RESULTS/bench.log" | tail -15
 

@@ -1,8 +1,8 @@
 """Summarise ``bench/gpu_check.sh`` results: test outcomes per backend, the GPU benchmark tables, the whole RL step,
 the 7B micro-batch memory and the end-to-end training run.
 
-Usage: ``python bench/gpu_report.py RESULTS_DIR`` (reads ``tests*.xml``, ``fused_ops_gpu_*.json``, ``rl_step_gpu.json``,
-``memory_7b_gpu.json`` and ``train_summary.json``, those present).
+Usage: ``python bench/gpu_report.py RESULTS_DIR`` (reads ``tests*.xml``, ``fused_ops_gpu_*.json``,
+``decode_kernels_gpu.json``, ``rl_step_gpu.json``, ``memory_7b_gpu.json`` and ``train_summary.json``, those present).
 """
 
 from __future__ import annotations
@@ -79,12 +79,27 @@ def print_step_results(results_dir: str) -> bool:
     return True
 
 
+def decode_kernel_table(results_dir: str) -> list[str]:
+    """The sampler's kernels vs their torch references (``test_decode_kernels.py``): ms, speedup, peak MiB."""
+    path = os.path.join(results_dir, "decode_kernels_gpu.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        result = json.load(handle)
+    lines = [f"{result['card']}: decode kernels ({result['dtype']}) vs torch",
+             f"  {'op':<34}{'ms':>8}{'torch ms':>10}{'speedup':>9}{'MiB':>8}{'torch MiB':>10}"]
+    for row in result["rows"]:
+        lines.append(f"  {row['op']:<34}{row['ms']:>8.3f}{row['reference ms']:>10.3f}{row['speedup']:>8.2f}x"
+                     f"{row['peak MiB']:>8.1f}{row['reference peak MiB']:>10.1f}")
+    return lines
+
+
 def main(results_dir: str) -> int:
     outcomes = test_outcomes(sorted(glob.glob(os.path.join(results_dir, "tests*.xml"))))
     print("tests (passed / failed / skipped):")
     for backend, counts in outcomes.items():
         print(f"  {backend:<8}{counts['passed']:>5}{counts['failed']:>5}{counts['skipped']:>5}")
-    print("\n".join(benchmark_tables(results_dir)))
+    print("\n".join(benchmark_tables(results_dir) + decode_kernel_table(results_dir)))
     trained = print_step_results(results_dir)
     return 1 if any(counts["failed"] for counts in outcomes.values()) or not trained else 0
 

@@ -76,15 +76,16 @@ def parts(sampler: Sampler, model, batch: int, context: int, device: torch.devic
 
     rows.append((f"decode forward (eager, {runner.backend})", _per_call_ms(forward, device)))
     hidden = forward()
-    rows.append(("logits (lm_head, float32)", _per_call_ms(lambda: paged.logits(hidden), device)))
+    rows.append((f"logits (lm_head, {paged.dtype})", _per_call_ms(lambda: paged.logits(hidden), device)))
     logits = paged.logits(hidden)
     keys = torch.arange(batch, device=device)
     steps = torch.zeros(batch, dtype=torch.long, device=device)
     params = SamplingParams(temperature=1.0, max_tokens=1)
-    rows.append(("sample (T=1)", _per_call_ms(lambda: sample(logits, params, keys, steps), device)))
+    rows.append((f"sample (T=1, {'triton' if runner.triton else 'torch'})",
+                 _per_call_ms(lambda: sample(logits, params, keys, steps, runner.triton), device)))
     query = torch.randn(batch, paged.shape.num_heads, paged.head_dim, device=device, dtype=paged.dtype)
     cache = runner.kv_cache[0]
-    backends = ["torch", "native", "triton"] if device.type == "cuda" else ["torch", "native"]
+    backends = ["torch", "triton"] if device.type == "cuda" else ["torch", "native"]
     for backend in backends:
         try:
             rows.append((f"attention one layer ({backend})", _per_call_ms(

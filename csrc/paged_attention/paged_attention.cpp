@@ -1,5 +1,5 @@
-// CPU implementation and schema of effreason::paged_attention_decode (the CUDA one is in
-// paged_attention_cuda.cpp / paged_attention_kernel.cu). Same contract and oracle as
+// CPU implementation and schema of effreason::paged_attention_decode (on CUDA the sampler uses the Triton
+// kernel kernels/paged_attention.py). Same contract and oracle as
 // effreason/sampler/attention.py::paged_decode_attention_reference:
 //
 //   out[s, h] = sum_{t < L_s} softmax_t(scale * q[s, h] . K[T_s[t / bs], g, t % bs]) V[...],  g = h / group

@@ -11,9 +11,9 @@ Decode attention of sequence ``s`` (context length ``L_s``), query head ``h`` in
     out[s, h] = sum_{t < L_s} softmax_t(scale * q[s, h] . K[s, g, t]) V[s, g, t]
 
 Backends, fastest first where usable: flash-attn's ``flash_attn_with_kvcache`` (CUDA, block size a
-multiple of 256), the Triton kernel ``effreason.kernels.paged_attention`` (CUDA), the native op
-``torch.ops.effreason.paged_attention_decode`` (CPU and CUDA, from ``csrc/paged_attention``), this
-file's torch reference (everywhere).
+multiple of 256), the Triton kernel ``effreason.kernels.paged_attention`` (CUDA; split-K for few long
+sequences), the native CPU op ``torch.ops.effreason.paged_attention_decode`` (from ``csrc/paged_attention``),
+this file's torch reference (everywhere).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ class AttentionMetadata:
       ``cu_seqlens`` (S + 1,) int32 and ``max_seqlen`` for varlen kernels; ``prefix_lens`` python
       ``[c]``: each sequence's leading tokens already in the cache (its packed tokens are positions
       ``c ..``), with ``prefix_tables`` (each sequence's block table) when any ``c > 0``; on CUDA,
-      ``padded_layout`` (``padded_layout``'s rows and mask), set by the first layer that pads.
+      ``padded_layout`` (``padded_layout``'s rows and mask), set by the first layer that pads. With
+      ``block_tables`` (S, max_blocks) int32 and ``context_lens`` (S,) int32 (cached + new tokens) set, the
+      Triton kernel ``effreason.kernels.paged_prefill`` runs it (``Sampler(paged_prefill=True)``).
     * decode: ``block_tables`` (B, max_blocks) int32, ``context_lens`` (B,) int32, and for the
       torch path ``gather_index`` (B * Hkv * max_blocks,) and ``padding_mask`` (B * Hkv, 1, T).
     """
@@ -175,7 +177,13 @@ def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 
     A sequence with ``c`` cached leading tokens attends over its whole context read back from the
     cache (its new K/V are written there first): query ``i`` (position ``c + i``) sees keys ``<= c + i``.
+    With ``meta.block_tables`` set, one launch of the Triton paged prefill kernel; the torch code below
+    is its reference.
     """
+    if meta.block_tables is not None:
+        from effreason.kernels.paged_prefill import paged_prefill_attention
+        return paged_prefill_attention(query, k_cache, v_cache, meta.block_tables, meta.cu_seqlens,
+                                       meta.context_lens, meta.max_seqlen, scale)
     flash = _flash_attn()
     no_prefix = meta.prefix_tables is None
     if flash is not None and no_prefix and query.is_cuda and query.dtype in _FLASH_DTYPES:
@@ -230,22 +238,17 @@ DECODE_BACKENDS = ("flash", "triton", "native", "torch")
 
 
 def usable_decode_backends(device: torch.device, dtype: torch.dtype, block_size: int) -> list[str]:
-    """The decode backends usable on ``device``, fastest first (``DECODE_BACKENDS`` order).
+    """The decode backends usable on ``device``: on CUDA fastest first (``DECODE_BACKENDS`` order).
 
-    CPU: the native op (``csrc/paged_attention/paged_attention.cpp``) when built, then torch.
-    CUDA: flash-attn (fp16/bf16, block size a multiple of 256), Triton, the native CUDA op, torch.
-    Triton comes before the native op on CUDA: the native kernel scores one token per thread and is
-    latency-bound at long contexts (bench/RESULTS.md has the numbers).
+    CPU: the native op (``csrc/paged_attention/paged_attention.cpp``) when built, then torch; under
+    ``TRITON_INTERPRET=1`` also Triton, last (selectable, for tests: it runs the whole Triton path of the
+    forward, ``layers.uses_triton``). CUDA: flash-attn (fp16/bf16, block size a multiple of 256), Triton, torch.
     """
     if device.type != "cuda":
-        return ["native", "torch"] if _has_native_op() else ["torch"]
-    usable = {
-        "flash": _flash_attn() is not None and dtype in _FLASH_DTYPES and block_size % FLASH_BLOCK_MULTIPLE == 0,
-        "triton": _backends.has_triton(),
-        "native": _has_native_op() and _backends.native_cuda_usable(device),
-        "torch": True,
-    }
-    return [name for name in DECODE_BACKENDS if usable[name]]
+        usable = ["native", "torch"] if _has_native_op() else ["torch"]
+        return usable + (["triton"] if _backends.triton_usable_on(device) else [])
+    flash = _flash_attn() is not None and dtype in _FLASH_DTYPES and block_size % FLASH_BLOCK_MULTIPLE == 0
+    return ["flash"] * flash + ["triton"] * _backends.has_triton() + ["torch"]
 
 
 def decode_attention(backend: str, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -62,8 +62,14 @@ class Sampler:
       reused by every ``generate`` while the model's device and dtype stay the same (or until ``release``).
     * ``cuda_graphs``: capture the CUDA decode step for bucketed batch sizes (CUDA kernels only).
     * ``attention_backend``: the paged decode attention, one of ``attention.DECODE_BACKENDS``
-      (``"flash"``, ``"triton"``, ``"native"``, ``"torch"``); default the fastest usable one. One
-      that is unusable on the model's device is a ``ValueError`` at the first ``generate``.
+      (``"flash"``, ``"triton"``, ``"native"`` (CPU), ``"torch"``); default the fastest usable one. With
+      ``"flash"`` or ``"triton"`` the layers' small ops and the draws run as Triton kernels too
+      (``layers.uses_triton``). One that is unusable on the model's device is a ``ValueError`` at the first
+      ``generate``.
+    * ``paged_prefill``: prefill attention as one Triton kernel launch per layer over the paged cache
+      (``effreason.kernels.paged_prefill``: every prompt, cached prefixes read in place) instead of flash-attn's
+      varlen kernel or SDPA calls. Off by default: tested under the Triton interpreter, not yet run or timed on
+      a GPU. Needs Triton on the model's device (else ``ValueError`` at the first ``generate``).
     * ``prefix_caching``: reuse the K/V of full prompt blocks whose tokens (and all tokens before them)
       were prefilled before, across prompts and ``generate`` calls, until the weights change: an optimizer
       step, ``load_state_dict`` or a replaced parameter is seen; any other in-place change of the weights
@@ -77,7 +83,7 @@ class Sampler:
     def __init__(self, model: torch.nn.Module, *, block_size: int = 16, max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
                  max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS, kv_cache_tokens: int | None = None,
                  kv_cache_memory_fraction: float = 0.3, cuda_graphs: bool = True, prefix_caching: bool = True,
-                 attention_backend: str | None = None):
+                 attention_backend: str | None = None, paged_prefill: bool = False):
         _check_positive("block_size", block_size)
         if block_size & (block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {block_size}")
@@ -89,10 +95,13 @@ class Sampler:
         if attention_backend is not None and attention_backend not in attention.DECODE_BACKENDS:
             raise ValueError(f"attention_backend must be one of {attention.DECODE_BACKENDS} or None, "
                              f"got {attention_backend!r}")
+        if not isinstance(paged_prefill, bool):
+            raise ValueError(f"paged_prefill must be a bool, got {paged_prefill!r}")
         self.model = paged_model(model)
         self.runner = ModelRunner(self.model, block_size=block_size, max_num_seqs=max_num_seqs,
                                   kv_cache_tokens=kv_cache_tokens, kv_cache_memory_fraction=kv_cache_memory_fraction,
-                                  cuda_graphs=cuda_graphs, attention_backend=attention_backend)
+                                  cuda_graphs=cuda_graphs, attention_backend=attention_backend,
+                                  paged_prefill=paged_prefill)
         self.block_size = block_size
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens

@@ -12,10 +12,12 @@ import array
 
 import torch
 
+from effreason import _backends
 from effreason.sampler import attention, kv_cache
 from effreason.sampler.attention import AttentionMetadata
 from effreason.sampler.cuda_graph import DecodeGraphs
 from effreason.sampler.models import PagedModel
+from effreason.sampler.models.layers import uses_triton
 from effreason.sampler.params import SamplingParams
 from effreason.sampler.sampling import sample
 from effreason.sampler.sequence import Sequence
@@ -35,7 +37,8 @@ class ModelRunner:
     """Runs ``model`` over a paged KV cache of ``block_size``-token blocks (``Sampler`` documents the options)."""
 
     def __init__(self, model: PagedModel, *, block_size: int, max_num_seqs: int, kv_cache_tokens: int | None,
-                 kv_cache_memory_fraction: float, cuda_graphs: bool, attention_backend: str | None):
+                 kv_cache_memory_fraction: float, cuda_graphs: bool, attention_backend: str | None,
+                 paged_prefill: bool):
         self.model = model
         self.block_size = block_size
         self.max_num_seqs = max_num_seqs
@@ -43,9 +46,11 @@ class ModelRunner:
         self.kv_cache_memory_fraction = kv_cache_memory_fraction
         self.use_cuda_graphs = cuda_graphs
         self.attention_backend = attention_backend
+        self.paged_prefill = paged_prefill
         self.kv_cache: torch.Tensor | None = None
         self.num_blocks = 0
         self.backend = "torch"
+        self.triton = False  # the forward's small ops and the draw as Triton kernels (``layers.uses_triton``)
         self.graphs: DecodeGraphs | None = None
 
     @property
@@ -78,6 +83,10 @@ class ModelRunner:
             return False
         self.kv_cache = self.graphs = None
         self.backend = self._choose_backend()
+        self.triton = uses_triton(self.backend, model.device)
+        if self.paged_prefill and not _backends.triton_usable_on(model.device):
+            raise ValueError(f"paged_prefill needs Triton on the model's device {model.device} (a GPU, or "
+                             f"TRITON_INTERPRET=1 on the CPU)")
         token_bytes = kv_cache.bytes_per_token(model.num_layers, model.num_kv_heads, model.head_dim, model.dtype)
         capacity = self.kv_cache_tokens or kv_cache.capacity_tokens(model.device, token_bytes,
                                                                     self.kv_cache_memory_fraction)
@@ -130,11 +139,14 @@ class ModelRunner:
             is_prefill=True, slot_mapping=slots,
             seq_bounds=bounds, cu_seqlens=torch.cat([ends.new_zeros(1), ends]).to(device, torch.int32),
             max_seqlen=max(lengths), prefix_lens=cached, prefix_tables=tables if any(cached) else None)
+        if self.paged_prefill:
+            meta.block_tables = self._padded_tables(seqs)
+            meta.context_lens = torch.tensor([seq.num_tokens for seq in seqs], dtype=torch.int32, device=device)
         hidden = model.forward(input_ids, positions, self.kv_cache, meta, self.backend)
         last = torch.tensor([end - 1 for (_, end), seq in zip(bounds, seqs) for _ in seq.sample_indices], device=device)
         keys, steps = _int64_rows(streams, len(last), device)
         logits = model.logits(hidden.index_select(0, last))
-        tokens, logprobs, trainer = sample(logits, params, keys, steps, _min_tokens(min_tokens, device))
+        tokens, logprobs, trainer = sample(logits, params, keys, steps, _min_tokens(min_tokens, device), self.triton)
         return torch.stack((tokens.double(), logprobs.double(), trainer.double())).cpu().tolist()
 
     def decode(self, seqs: list[Sequence], num_steps: int, streams: array.array, params: SamplingParams,
@@ -155,7 +167,7 @@ class ModelRunner:
         tokens, logprobs, trainer = [], [], []
         for step in range(num_steps):
             logits = self._decode_logits(input_ids, positions[step], tables, slots[step], context_lens[step])
-            input_ids, logprob, trainer_logprob = sample(logits, params, keys, first_steps + step, floors)
+            input_ids, logprob, trainer_logprob = sample(logits, params, keys, first_steps + step, floors, self.triton)
             tokens.append(input_ids)
             logprobs.append(logprob)
             trainer.append(trainer_logprob)
@@ -168,18 +180,22 @@ class ModelRunner:
         return table.gather(-1, (positions // block_size)[..., None])[..., 0] * block_size + positions % block_size
 
     def _decode_inputs(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Input ids (B,), positions (B,) and block tables (B, max blocks) int32 zero-padded, on the device, each
-        built as one raw buffer (the tables are ``array``s) and copied once."""
+        """Input ids (B,), positions (B,) and block tables (``_padded_tables``) on the device, each built as one raw
+        buffer and copied once."""
+        input_ids = array.array("q", [seq.token_ids[-1] for seq in seqs])
+        positions = array.array("q", [len(seq.token_ids) - 1 for seq in seqs])
+        tokens = _int64_rows(input_ids + positions, len(seqs), self.device)
+        return tokens[0], tokens[1], self._padded_tables(seqs)
+
+    def _padded_tables(self, seqs: list[Sequence]) -> torch.Tensor:
+        """The sequences' block tables (B, max blocks) int32 zero-padded, on the device: one raw buffer (the tables
+        are ``array``s), copied once."""
         width = max(len(seq.block_table) for seq in seqs)
         padding, flat = array.array("i", bytes(4 * width)), array.array("i")
         for seq in seqs:
             flat += seq.block_table
             flat += padding[len(seq.block_table):]
-        tables = torch.frombuffer(flat, dtype=torch.int32).view(len(seqs), width).to(self.device)
-        input_ids = array.array("q", [seq.token_ids[-1] for seq in seqs])
-        positions = array.array("q", [len(seq.token_ids) - 1 for seq in seqs])
-        tokens = _int64_rows(input_ids + positions, len(seqs), self.device)
-        return tokens[0], tokens[1], tables
+        return torch.frombuffer(flat, dtype=torch.int32).view(len(seqs), width).to(self.device)
 
     def _decode_logits(self, input_ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor,
                        slots: torch.Tensor, context_lens: torch.Tensor) -> torch.Tensor:

@@ -114,15 +114,27 @@ def mask_stop_tokens(logits: torch.Tensor, stop_token_ids: tuple[int, ...], earl
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, keys: torch.Tensor, steps: torch.Tensor,
-           min_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw one token per row of float32 ``logits`` (B, V).
+           min_tokens: torch.Tensor | None = None, triton: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw one token per row of ``logits`` (B, V), in the model's dtype (float32 inside).
 
     Returns ``tokens`` (B,) int64, ``logprobs`` (B,) = ``log q(token)`` with ``q`` the truncated,
     renormalised ``softmax(logits / T)`` it was drawn from (0 for greedy, a point mass), and
-    ``trainer_logprobs`` (B,) = ``log_softmax(logits / T)[token]`` untruncated (T = 1 for greedy).
+    ``trainer_logprobs`` (B,) = ``log_softmax(logits / T)[token]`` untruncated (T = 1 for greedy), float32.
     ``min_tokens`` (B,) int64: a row whose step is below it draws no stop token (``mask_stop_tokens``,
     part of the truncation: ``q`` is masked, ``trainer_logprobs`` are not).
+
+    With ``triton`` (the GPU path, ``layers.uses_triton``), a greedy or untruncated draw without
+    ``min_tokens`` is one pass of the kernel ``effreason.kernels.gumbel_sampling`` over the logits as they
+    are (no float32 copy); the torch code below is its reference.
     """
+    if triton and min_tokens is None and (params.greedy or not params.truncated):
+        from effreason.kernels.gumbel_sampling import greedy_sample, gumbel_sample
+        if params.greedy:
+            tokens, trainer = greedy_sample(logits)
+            return tokens, torch.zeros_like(trainer), trainer
+        tokens, logprobs = gumbel_sample(logits, keys, steps, params.temperature)
+        return tokens, logprobs, logprobs
+    logits = logits.float()
     early = None if min_tokens is None else steps < min_tokens  # (B,) rows that may not stop yet
     if params.greedy:
         allowed = logits if early is None else mask_stop_tokens(logits, params.stop_token_ids, early)

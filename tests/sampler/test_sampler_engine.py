@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sampler_models import hf_greedy, hf_logits, random_prompts, tiny_qwen2
+from sampler_models import hf_greedy, hf_logits, random_prompts, tiny_llama, tiny_qwen2, tiny_qwen3
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from effreason import _backends
 from effreason.sampler import Sampler, SamplingParams, attention, engine
 
 LENGTHS = (1, 5, 16, 17, 30)
@@ -183,9 +184,13 @@ def test_invalid_inputs_raise_value_errors():
         Sampler(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="attention_backend"):
         Sampler(model, attention_backend="paged")
-    if not torch.cuda.is_available():
+    if "triton" not in attention.usable_decode_backends(torch.device("cpu"), torch.float32, 4):
         with pytest.raises(ValueError, match="attention_backend 'triton' is not usable"):
             Sampler(model, attention_backend="triton").generate([[1]], params)
+        with pytest.raises(ValueError, match="paged_prefill needs Triton"):
+            Sampler(model, paged_prefill=True).generate([[1]], params)
+    with pytest.raises(ValueError, match="paged_prefill"):
+        Sampler(model, paged_prefill=1)
     windowed = Qwen2Config(vocab_size=16, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
                            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
                            use_sliding_window=True, sliding_window=16, max_window_layers=1)
@@ -194,16 +199,62 @@ def test_invalid_inputs_raise_value_errors():
     assert sampler.generate([], params) == []
 
 
+# ------------------------------------------------------------------ the Triton path
+triton_on_cpu = _backends.triton_usable_on(torch.device("cpu"))  # TRITON_INTERPRET=1
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or triton_on_cpu or not _backends.has_triton(),
+                    reason="needs Triton without a GPU (there the CUDA tests run the Triton path)")
+def test_triton_cases_under_the_interpreter(run_triton_cases_interpreted):
+    run_triton_cases_interpreted(__file__)
+
+
+@pytest.mark.skipif(not triton_on_cpu, reason="needs TRITON_INTERPRET=1")
+@pytest.mark.parametrize("make_model, split_k", [(tiny_llama, True), (tiny_qwen3, False)],
+                         ids=["llama-split-k-paged-prefill", "qwen3"])
+def test_triton_path_matches_the_torch_path(make_model, split_k, monkeypatch):
+    """The whole Triton path of the sampler (attention, fused norms, RoPE with the cache write, SwiGLU, the draws
+    from the logits; prompts sharing cached blocks) on the CPU under the interpreter: greedy output equal to the
+    torch path's and HF's, seeded draws equal to the torch path's, log-probs within float32 rounding.
+    ``split_k``: attention split as on a GPU of 132 multiprocessors, in splits of at least 8 tokens, and the
+    prefill by the paged prefill kernel."""
+    if split_k:
+        from effreason.kernels import paged_attention
+        monkeypatch.setattr(paged_attention, "_num_sms", lambda device: 132)
+        monkeypatch.setattr(paged_attention, "MIN_SPLIT_TOKENS", 8)
+    model = make_model()
+    prompts = random_prompts((1, 6, 17)) + _shared_prefix_prompts(9, (2, 5))  # the last two share 2 cached blocks
+    samplers = {backend: Sampler(model, block_size=4, kv_cache_tokens=512, attention_backend=backend,
+                                 paged_prefill=split_k and backend == "triton")
+                for backend in ("triton", "torch")}
+    for params in (SamplingParams(n=2, temperature=0, max_tokens=10),
+                   SamplingParams(n=2, temperature=0.9, max_tokens=8, seed=5)):
+        triton_results, torch_results = (sampler.generate(prompts, params) for sampler in samplers.values())
+        for prompt, ours, reference in zip(prompts, triton_results, torch_results):
+            assert [c.token_ids for c in ours] == [c.token_ids for c in reference]
+            if params.greedy:
+                assert ours[0].token_ids == hf_greedy(model, prompt, params.max_tokens)
+            for completion, expected in zip(ours, reference):
+                torch.testing.assert_close(torch.tensor(completion.trainer_logprobs),
+                                           torch.tensor(expected.trainer_logprobs), atol=LOGPROB_TOLERANCE, rtol=0)
+    assert samplers["triton"].runner.triton and not samplers["torch"].runner.triton
+    assert samplers["triton"].last_stats["cached_prompt_tokens"] > 0  # prefill read K/V the Triton kernel wrote
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("cuda_graphs", [False, True])
-@pytest.mark.parametrize("attention_backend", ["triton", "native", "torch"])
-def test_cuda_greedy_matches_hf_generate(attention_backend, cuda_graphs):
+@pytest.mark.parametrize("attention_backend, variant", [("triton", None), ("triton", "split-k"),
+                                                        ("triton", "paged-prefill"), ("torch", None)])
+def test_cuda_greedy_matches_hf_generate(attention_backend, variant, cuda_graphs, monkeypatch):
+    if variant == "split-k":  # splits of 32 tokens: split-K at these short contexts
+        from effreason.kernels import paged_attention
+        monkeypatch.setattr(paged_attention, "MIN_SPLIT_TOKENS", 32)
     if attention_backend not in attention.usable_decode_backends(torch.device("cuda"), torch.float32, 16):
         pytest.skip(f"{attention_backend} decode attention not usable here")
     model = tiny_qwen2().cuda()
     sampler = Sampler(model, block_size=16, kv_cache_tokens=2048, cuda_graphs=cuda_graphs,
-                      attention_backend=attention_backend)
+                      attention_backend=attention_backend, paged_prefill=variant == "paged-prefill")
     prompts = random_prompts(LENGTHS)
     results = sampler.generate(prompts, SamplingParams(n=2, temperature=0, max_tokens=16))
     for prompt, completions in zip(prompts, results):

@@ -11,7 +11,10 @@ For the hidden states h (N, C) of N packed tokens at positions p (N,), one layer
     h = h + (act(x Wg^T + bg) * (x Wu^T + bu)) Wd^T + bd      SwiGLU MLP (Shazeer 2020), act SiLU for all three
 
 (absent biases are zero), in HF's rounding order. On the CPU in float32 the products, norms and RoPE with
-the cache write run as the native ops of ``cpu_decode``; elsewhere as torch ops.
+the cache write run as the native ops of ``cpu_decode``. With a GPU decode-attention backend (``triton``,
+``flash``) where Triton runs, the small ops run as Triton kernels (``effreason.kernels``): each residual add
+fused with the RMSNorm after it, RoPE with the cache write, and SwiGLU's gating; otherwise as torch ops.
+The torch code is the reference of both.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from effreason import _backends
 from effreason.sampler import attention, cpu_decode
 from effreason.sampler.attention import AttentionMetadata
+
+TRITON_BACKENDS = ("flash", "triton")  # the GPU decode-attention backends, whose forwards run the Triton kernels
 
 
 @dataclasses.dataclass(slots=True)
@@ -72,6 +78,12 @@ class LayerShape:
     head_dim: int
     eps: float
     activation: torch.nn.Module  # HF's module for the config's ``hidden_act`` (``ACT2FN``)
+    hidden_act: str  # the config's name of it
+
+    @property
+    def is_silu(self) -> bool:
+        """Whether the MLP's activation is SiLU (HF's names ``silu`` and ``swish``)."""
+        return self.hidden_act in ("silu", "swish")
 
     @property
     def scale(self) -> float:
@@ -84,10 +96,11 @@ class Step:
     """What every layer of one forward shares.
 
     * ``positions`` (N,) int64 and the attention ``meta`` and ``backend`` (``attention.py``).
-    * ``cos``, ``sin``: with ``native`` the (P, D) RoPE tables, which the native op indexes by position;
+    * ``cos``, ``sin``: with ``native`` or ``triton`` the (P, D) RoPE tables, which those ops index by position;
       otherwise the positions' rows (N, 1, D).
     * ``native``: run the small native ops (float32 on the CPU); ``native_products``: the native products too
       (``cpu_decode.products_pay``).
+    * ``triton``: run the small ops as Triton kernels (``uses_triton``).
     """
 
     positions: torch.Tensor
@@ -97,6 +110,14 @@ class Step:
     sin: torch.Tensor
     native: bool
     native_products: bool
+    triton: bool
+
+
+def uses_triton(backend: str, device: torch.device) -> bool:
+    """Whether a forward with decode-attention ``backend`` on ``device`` runs its small ops (norms, RoPE and the
+    cache write, SwiGLU) and its draw as Triton kernels: with the GPU backends (``TRITON_BACKENDS``) where
+    Triton runs (CUDA, or the CPU under ``TRITON_INTERPRET=1``)."""
+    return backend in TRITON_BACKENDS and _backends.triton_usable_on(device)
 
 
 def linear(x: torch.Tensor, layer: Linear, native: bool) -> torch.Tensor:
@@ -115,16 +136,39 @@ def add_linear_(residual: torch.Tensor, x: torch.Tensor, layer: Linear, native: 
     return residual.add_(F.linear(x, layer.weight, layer.bias))
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, native: bool) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, native: bool, triton: bool = False) -> torch.Tensor:
     """``weight * (x / sqrt(mean(x^2, -1) + eps))`` computed in float32 (Zhang & Sennrich 2019), x (..., C).
 
     Low precision follows HF's rounding order: normalise in float32, round, then multiply.
     """
+    if triton:
+        from effreason.kernels.rms_norm import rms_norm as triton_rms_norm
+        return triton_rms_norm(x, weight, eps)
     if native:
         return cpu_decode.rms_norm(x.reshape(-1, x.shape[-1]), weight, eps).view(x.shape)
     if x.dtype == torch.float32:
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def add_linear_and_norm_(hidden: torch.Tensor, x: torch.Tensor, layer: Linear, norm_weight: torch.Tensor,
+                         eps: float, step: Step) -> torch.Tensor:
+    """The residual add and the RMSNorm after it: ``hidden += x W^T + b`` in place, then
+    ``rms_norm(hidden, norm_weight)``, returned. On the Triton path the add runs inside the norm's kernel."""
+    if step.triton:
+        from effreason.kernels.rms_norm import rms_norm as triton_rms_norm
+        return triton_rms_norm(hidden, norm_weight, eps, delta=linear(x, layer, False))
+    add_linear_(hidden, x, layer, step.native_products)
+    return rms_norm(hidden, norm_weight, eps, step.native)
+
+
+def gated_activation(gate: torch.Tensor, up: torch.Tensor, shape: LayerShape, triton: bool) -> torch.Tensor:
+    """SwiGLU's gating ``act(gate) * up`` (N, intermediate), ``up`` overwritten on the torch path; SiLU's as one
+    Triton kernel with ``triton``."""
+    if triton and shape.is_silu:
+        from effreason.kernels.swiglu import silu_mul
+        return silu_mul(gate, up)
+    return shape.activation(gate).mul_(up)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -144,6 +188,10 @@ def rope_and_cache(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
                    v_cache: torch.Tensor, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE of query (N, H, D) and key (N, Hkv, D) at ``step.positions``, key and value stored in the caches
     at ``step.meta.slot_mapping``; returns the rotated query and key."""
+    if step.triton:
+        from effreason.kernels.rope_write_kv import rope_write_kv
+        rope_write_kv(query, key, value, step.cos, step.sin, step.positions, k_cache, v_cache, step.meta.slot_mapping)
+        return query, key
     if step.native:
         cpu_decode.rope_write_kv(query, key, value, step.cos, step.sin, step.positions, k_cache, v_cache,
                                  step.meta.slot_mapping)
@@ -153,28 +201,30 @@ def rope_and_cache(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     return query, key
 
 
-def decoder_layer(weights: LayerWeights, hidden: torch.Tensor, layer_cache: torch.Tensor, step: Step,
-                  shape: LayerShape) -> torch.Tensor:
-    """One decoder layer (module docstring) over ``hidden`` (N, C), a tensor this forward owns, updated in place.
+def decoder_layer(weights: LayerWeights, hidden: torch.Tensor, x: torch.Tensor, next_norm: torch.Tensor,
+                  layer_cache: torch.Tensor, step: Step, shape: LayerShape) -> torch.Tensor:
+    """One decoder layer (module docstring) over ``hidden`` (N, C), a tensor this forward owns, updated in place;
+    ``x`` (N, C) is ``RMSNorm(hidden) * input_norm``, the previous layer's last result.
 
+    Returns ``RMSNorm(hidden) * next_norm`` of the updated ``hidden``: the next layer's input (its
+    ``input_norm``) or the final norm's output, so every residual add is followed by its norm.
     ``layer_cache`` (2, num_blocks, Hkv, block_size, D) receives the tokens' K and V.
     """
-    num_tokens, native, products = hidden.shape[0], step.native, step.native_products
-    x = rms_norm(hidden, weights.input_norm, shape.eps, native)
+    num_tokens, native, products, triton = hidden.shape[0], step.native, step.native_products, step.triton
     query = linear(x, weights.q_proj, products).view(num_tokens, shape.num_heads, shape.head_dim)
     key = linear(x, weights.k_proj, products).view(num_tokens, shape.num_kv_heads, shape.head_dim)
     value = linear(x, weights.v_proj, products).view(num_tokens, shape.num_kv_heads, shape.head_dim)
     if weights.q_norm is not None:
-        query = rms_norm(query, weights.q_norm, shape.eps, native)
-        key = rms_norm(key, weights.k_norm, shape.eps, native)
+        query = rms_norm(query, weights.q_norm, shape.eps, native, triton)
+        key = rms_norm(key, weights.k_norm, shape.eps, native, triton)
     k_cache, v_cache = layer_cache[0], layer_cache[1]
     query, key = rope_and_cache(query, key, value, k_cache, v_cache, step)
     if step.meta.is_prefill:
         attended = attention.prefill_attention(query, key, value, k_cache, v_cache, step.meta, shape.scale)
     else:
         attended = attention.decode_attention(step.backend, query, k_cache, v_cache, step.meta, shape.scale)
-    add_linear_(hidden, attended.reshape(num_tokens, -1), weights.o_proj, products)
-    x = rms_norm(hidden, weights.post_norm, shape.eps, native)
-    gate = linear(x, weights.gate_proj, products)  # (N, intermediate)
-    gated = shape.activation(gate).mul_(linear(x, weights.up_proj, products))
-    return add_linear_(hidden, gated, weights.down_proj, products)
+    x = add_linear_and_norm_(hidden, attended.reshape(num_tokens, -1), weights.o_proj, weights.post_norm,
+                             shape.eps, step)
+    gated = gated_activation(linear(x, weights.gate_proj, products), linear(x, weights.up_proj, products),
+                             shape, triton)  # (N, intermediate)
+    return add_linear_and_norm_(hidden, gated, weights.down_proj, next_norm, shape.eps, step)

@@ -18,7 +18,8 @@ from transformers.activations import ACT2FN
 
 from effreason.sampler import cpu_decode
 from effreason.sampler.attention import AttentionMetadata
-from effreason.sampler.models.layers import LayerShape, LayerWeights, Linear, Step, decoder_layer, rms_norm
+from effreason.sampler.models.layers import (LayerShape, LayerWeights, Linear, Step, decoder_layer, rms_norm,
+                                             uses_triton)
 
 MIN_ROPE_TABLE = 1024  # positions of the first RoPE table; it grows by doubling
 
@@ -44,7 +45,7 @@ class PagedModel:
         self.shape = LayerShape(
             num_heads=num_heads, num_kv_heads=config.num_key_value_heads or num_heads,
             head_dim=getattr(config, "head_dim", None) or config.hidden_size // num_heads,
-            eps=config.rms_norm_eps, activation=ACT2FN[config.hidden_act])
+            eps=config.rms_norm_eps, activation=ACT2FN[config.hidden_act], hidden_act=config.hidden_act)
         self.layers: list[LayerWeights] = []
         self.final_norm: torch.Tensor | None = None
         self.lm_head: Linear | None = None
@@ -117,24 +118,29 @@ class PagedModel:
         """
         hidden = F.embedding(input_ids, self.embedding)  # (N, hidden)
         step = self._step(hidden, positions, meta, backend)
-        for layer, layer_cache in zip(self.layers, kv_cache):
-            hidden = decoder_layer(layer, hidden, layer_cache, step, self.shape)
-        return rms_norm(hidden, self.final_norm, self.shape.eps, step.native)
+        x = rms_norm(hidden, self.layers[0].input_norm, self.shape.eps, step.native, step.triton)
+        next_norms = [layer.input_norm for layer in self.layers[1:]] + [self.final_norm]
+        for layer, layer_cache, next_norm in zip(self.layers, kv_cache, next_norms):
+            x = decoder_layer(layer, hidden, x, next_norm, layer_cache, step, self.shape)
+        return x
 
     def _step(self, hidden: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, backend: str) -> Step:
-        """The forward's shared state: the native ops on float32 CPU rows, else the positions' RoPE rows gathered
-        once for all layers (the native op reads the tables)."""
-        native = cpu_decode.usable(hidden)
-        if native:
+        """The forward's shared state: Triton kernels with a GPU attention backend (``layers.uses_triton``), else the
+        native ops on float32 CPU rows, else torch; the (P, D) RoPE tables for the first two (their ops index
+        them), the positions' rows gathered once for all layers for torch."""
+        triton = uses_triton(backend, hidden.device)
+        native = not triton and cpu_decode.usable(hidden)
+        if native or triton:
             cos, sin = self._rope_tables
         else:
             cos, sin = (table.index_select(0, positions)[:, None] for table in self._rope_tables)  # (N, 1, D) each
         products = native and cpu_decode.products_pay(self.weight_bytes, hidden.shape[0])
-        return Step(positions, meta, backend, cos, sin, native, products)
+        return Step(positions, meta, backend, cos, sin, native, products, triton)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float32 next-token logits (N, vocab) of final hidden states (N, hidden)."""
+        """Next-token logits (N, vocab) of final hidden states (N, hidden), in the model's dtype (no float32 copy of
+        a bf16 model's logits: ``sampling.sample`` reads them as they are)."""
         head = self.lm_head
         if cpu_decode.usable(hidden) and cpu_decode.products_pay(self.weight_bytes, hidden.shape[0]):
             return cpu_decode.linear(hidden, head.weight, head.bias)
-        return F.linear(hidden, head.weight, head.bias).float()
+        return F.linear(hidden, head.weight, head.bias)
