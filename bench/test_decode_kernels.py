@@ -32,6 +32,7 @@ import time
 
 import pytest
 import torch
+from ceilings import _time_ms
 
 from effreason import _backends
 
@@ -71,15 +72,7 @@ def _measure(fn, device: torch.device) -> tuple[float, float]:
     fn()
     torch.cuda.synchronize()
     peak = (torch.cuda.max_memory_allocated() - before) / 2**20
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2], peak
+    return _time_ms(fn, repeats), peak
 
 
 def _paged(num_seqs: int, context: int, shape: dict, device, dtype, generator):

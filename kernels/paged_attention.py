@@ -138,9 +138,9 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _check_inputs(query, k_cache, v_cache, block_tables, context_lens) -> None:
-    if query.dim() != 3:
-        raise ValueError(f"query must be (num_seqs, num_heads, head_dim), got shape {tuple(query.shape)}")
+def check_paged_cache(query, k_cache, v_cache) -> None:
+    """The K and V caches are (num_blocks, num_kv_heads, block_size, head_dim), alike, with query's head
+    dim, dtype and device and a contiguous last dim (shared by the decode and prefill launchers)."""
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
         if cache.dim() != 4 or cache.shape[-1] != query.shape[-1] or cache.stride(-1) != 1:
             raise ValueError(f"{name} must be (num_blocks, num_kv_heads, block_size, head_dim) with a "
@@ -149,6 +149,12 @@ def _check_inputs(query, k_cache, v_cache, block_tables, context_lens) -> None:
             raise ValueError(f"{name} must have query's dtype and device, got {cache.dtype} on {cache.device}")
     if k_cache.shape != v_cache.shape:
         raise ValueError(f"v_cache must have k_cache's shape {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}")
+
+
+def _check_inputs(query, k_cache, v_cache, block_tables, context_lens) -> None:
+    if query.dim() != 3:
+        raise ValueError(f"query must be (num_seqs, num_heads, head_dim), got shape {tuple(query.shape)}")
+    check_paged_cache(query, k_cache, v_cache)
     num_seqs, num_heads = query.shape[0], query.shape[1]
     num_blocks, num_kv_heads, block_size = k_cache.shape[:3]
     if num_heads % num_kv_heads:

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from effreason.kernels.paged_attention import MIN_DOT
+from effreason.kernels.paged_attention import MIN_DOT, check_paged_cache
 
 BLOCK_M = 32  # new tokens (query rows) per program
 BLOCK_N = 32  # keys per loop iteration
@@ -87,14 +87,7 @@ def _check_inputs(query, k_cache, v_cache, block_tables, cu_seqlens, context_len
     if query.dim() != 3 or query.dtype not in (torch.float32, torch.bfloat16, torch.float16) or query.stride(-1) != 1:
         raise ValueError(f"query must be float32/bf16/fp16 (N, H, D) with a contiguous last dim, got {query.dtype} "
                          f"{tuple(query.shape)}")
-    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if cache.dim() != 4 or cache.shape[-1] != query.shape[-1] or cache.stride(-1) != 1:
-            raise ValueError(f"{name} must be (num_blocks, num_kv_heads, block_size, head_dim) with a "
-                             f"contiguous last dim matching query, got shape {tuple(cache.shape)}")
-        if cache.dtype != query.dtype or cache.device != query.device:
-            raise ValueError(f"{name} must have query's dtype and device, got {cache.dtype} on {cache.device}")
-    if k_cache.shape != v_cache.shape:
-        raise ValueError(f"v_cache must have k_cache's shape {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}")
+    check_paged_cache(query, k_cache, v_cache)
     num_blocks, num_kv_heads, block_size = k_cache.shape[:3]
     if query.shape[1] % num_kv_heads:
         raise ValueError(f"query's {query.shape[1]} heads must be a multiple of the cache's {num_kv_heads} KV heads")
