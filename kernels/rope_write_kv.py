@@ -23,14 +23,17 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
-def _rotate(x_ptr, cos1, cos2, sin1, sin2, heads, halves, mask, HALF: tl.constexpr):
-    """Rotated halves of the heads at ``x_ptr + heads + halves`` (each (H, HALF) in the input's dtype)."""
+def _rotate_in_place(x_ptr, cos1, cos2, sin1, sin2, heads, halves, mask, HALF: tl.constexpr):
+    """Rotate the heads at ``x_ptr + heads + halves`` in place; returns the rotated halves (each (H, HALF)
+    in the input's dtype)."""
     x1 = tl.load(x_ptr + heads + halves, mask=mask, other=0.0)
     x2 = tl.load(x_ptr + heads + HALF + halves, mask=mask, other=0.0).to(tl.float32)
     dtype = x1.dtype
     x1 = x1.to(tl.float32)
     first = tl.fma(-x2, sin1, (x1 * cos1).to(dtype).to(tl.float32)).to(dtype)
     second = tl.fma(x1, sin2, (x2 * cos2).to(dtype).to(tl.float32)).to(dtype)
+    tl.store(x_ptr + heads + halves, first, mask=mask)
+    tl.store(x_ptr + heads + HALF + halves, second, mask=mask)
     return first, second
 
 
@@ -59,16 +62,12 @@ def _rope_write_kv_kernel(
     q_heads = tl.arange(0, BLOCK_H)[:, None]  # (H, 1)
     q_mask = (q_heads < num_heads) & half_valid[None, :]
     q_token = q_ptr + token * stride_q_token
-    first, second = _rotate(q_token, cos1, cos2, sin1, sin2, q_heads * stride_q_head, halves, q_mask, HALF)
-    tl.store(q_token + q_heads * stride_q_head + halves, first, mask=q_mask)
-    tl.store(q_token + q_heads * stride_q_head + HALF + halves, second, mask=q_mask)
+    _rotate_in_place(q_token, cos1, cos2, sin1, sin2, q_heads * stride_q_head, halves, q_mask, HALF)
 
     kv_heads = tl.arange(0, BLOCK_KV)[:, None]  # (Hkv, 1)
     kv_mask = (kv_heads < num_kv_heads) & half_valid[None, :]
     k_token = k_ptr + token * stride_k_token
-    first, second = _rotate(k_token, cos1, cos2, sin1, sin2, kv_heads * stride_k_head, halves, kv_mask, HALF)
-    tl.store(k_token + kv_heads * stride_k_head + halves, first, mask=kv_mask)
-    tl.store(k_token + kv_heads * stride_k_head + HALF + halves, second, mask=kv_mask)
+    first, second = _rotate_in_place(k_token, cos1, cos2, sin1, sin2, kv_heads * stride_k_head, halves, kv_mask, HALF)
     k_slot = k_cache_ptr + block * stride_kc_block + row * stride_kc_row + kv_heads * stride_kc_head + halves
     tl.store(k_slot, first, mask=kv_mask)
     tl.store(k_slot + HALF, second, mask=kv_mask)
