@@ -2,14 +2,16 @@
 
 The warm start of the miniature RL run: SFT on verbose traces of :mod:`effreason.tasks.toy`
 (the needed steps plus ``Uniform{0..num_ops}`` redundant re-checks), loss on response tokens
-only. A copy ships in ``effreason/assets/warmstart/``; rebuild it (deterministic from the seed)
-with::
+only. A copy ships in ``effreason/assets/warmstart/``; rebuild it (deterministic from the seed on
+one machine; another CPU rounds differently) with::
 
-    python -m effreason.warmstart                          # ~25 min on a busy 2-core CPU
+    python -m effreason.warmstart                          # the shipped copy (bench/RESULTS.md: build time)
     python -m effreason.warmstart --steps 2 --out /tmp/ws  # smoke run
 
 The run prints a held-out greedy evaluation table (accuracy, mean response tokens and the
-share of those tokens spent on re-checks, per difficulty).
+share of those tokens spent on re-checks, per difficulty). Check it after a rebuild: whether this
+tiny model learns the longer chains depends on the seed (and on rounding); some seeds stall far
+below the shipped copy's accuracy (bench/RESULTS.md lists the builds measured).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ import torch
 
 from effreason.tasks.prompting import build_prompt, encode_prompt
 from effreason.tasks.toy import TRACE_STYLES, ToyTask
+from effreason.train.methods.rs_sft import response_nll
+from effreason.train.methods.units import TrainingUnit, pack_units
+from effreason.train.step import optimizer_steps
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "warmstart"
 CACHE_DIR = Path.home() / ".cache" / "effreason" / "warmstart"
@@ -45,6 +50,8 @@ CHAT_TEMPLATE = (
 PIECE_PATTERN = r" ?\\boxed\{| ?\d| ?[A-Za-z]+| ?[^\sA-Za-z\d]|\s+"
 RECHECK_PATTERN = re.compile(r" ?Wait, let me verify step \d+: [^.]*\. Yes\.")
 VOCAB_CORPUS_SIZE = 2000
+MICRO_BATCH_TOKENS = 16384  # padded tokens per micro-batch: a whole batch of the longest traces fits in one
+GRAD_CLIP = 1.0
 
 
 @dataclass
@@ -52,7 +59,7 @@ class WarmstartConfig:
     """Everything that determines the shipped checkpoint."""
 
     seed: int = 0
-    steps: int = 1600
+    steps: int = 3200
     batch_size: int = 16
     lr: float = 3e-3
     warmup_steps: int = 50
@@ -154,32 +161,18 @@ def build_model(config: WarmstartConfig, tokenizer):
     return model
 
 
-# ---------------------------------------------------------------- SFT data
+# ---------------------------------------------------------------- SFT
 
 
-def sft_example(problem, response: str, tokenizer) -> tuple[list[int], list[int]]:
-    """(input_ids, labels): prompt + response + EOS, labels -100 on the prompt."""
-    prompt_ids = encode_prompt(problem.question, tokenizer)
+def sft_unit(problem, response: str, tokenizer) -> TrainingUnit:
+    """One SFT example: the prompt's ids (context) and the response's ids + EOS (the target)."""
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return prompt_ids + response_ids, [-100] * len(prompt_ids) + response_ids
+    return TrainingUnit(encode_prompt(problem.question, tokenizer), (response_ids,))
 
 
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch: input_ids, attention_mask, labels, each (B, T)."""
-    length = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)  # (B, T)
-    labels = torch.full((len(examples), length), -100, dtype=torch.long)  # (B, T)
-    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)  # (B, T)
-    for row, (ids, targets) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(ids)] = torch.tensor(targets)
-        attention_mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def training_batches(task: ToyTask, tokenizer, config: WarmstartConfig):
-    """Endless batches of fresh train-split problems. Each batch holds one difficulty (so little
-    padding); difficulties cycle in a shuffled order per round."""
+def training_units(task: ToyTask, tokenizer, config: WarmstartConfig):
+    """Endless batches of ``batch_size`` units on fresh train-split problems. Each batch holds one
+    difficulty (so little padding); difficulties cycle in a shuffled order per round."""
     rng = random.Random(config.seed)
     round_index = 0
     while True:
@@ -189,34 +182,38 @@ def training_batches(task: ToyTask, tokenizer, config: WarmstartConfig):
             level = ToyTask(difficulty, difficulty)
             problems = level.problems(config.batch_size, split="train", seed=config.seed * 100003 + round_index)
             round_index += 1
-            examples = [sft_example(p, task.verbose_trace(p, rng, config.trace_style), tokenizer) for p in problems]
-            yield collate(examples, tokenizer.pad_token_id)
+            yield [sft_unit(p, task.verbose_trace(p, rng, config.trace_style), tokenizer) for p in problems]
 
 
 def learning_rate(step: int, config: WarmstartConfig) -> float:
-    """Linear warmup to ``lr`` then cosine decay to 10% of it."""
+    """Linear warmup to ``lr``, then cosine decay to 0: ``lr * (1 + cos(pi * progress)) / 2``.
+
+    Decaying to zero makes the last steps settle rather than sample: with a floor of 10% of
+    ``lr`` the final weights stayed noisy enough that two runs equal up to float rounding ended
+    far apart in accuracy."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def train(model, tokenizer, task: ToyTask, config: WarmstartConfig, log=print) -> None:
-    """SFT with AdamW; the mean token cross-entropy over response tokens."""
+    """SFT with AdamW through the training loop's update (:func:`effreason.train.step.optimizer_steps`
+    with the rs-sft method's loss, :func:`effreason.train.methods.rs_sft.response_nll`): one
+    optimizer step per batch on ``L = -(1 / sum_s |y_s|) sum_s sum_t log pi(y_st | x_s, y_s<t)``,
+    the mean cross-entropy over response tokens."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
-    batches = training_batches(task, tokenizer, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(step, config) / config.lr)
+    batches = training_units(task, tokenizer, config)
     model.train()
     started = time.time()
     for step in range(config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
-        loss = model(**next(batches)).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        units = next(batches)
+        weight = 1.0 / sum(len(unit.responses[0]) for unit in units)
+        mini_batch = [(batch, weight) for batch in pack_units(units, 1, MICRO_BATCH_TOKENS, tokenizer.pad_token_id)]
+        update = optimizer_steps(model, optimizer, scheduler, [mini_batch], response_nll, grad_clip=GRAD_CLIP)
         if step % 50 == 0 or step == config.steps - 1:
-            log(f"step {step:5d}  loss {loss.item():.4f}  lr {learning_rate(step, config):.2e}  {time.time() - started:6.0f}s")
+            log(f"step {step:5d}  loss {update['loss']:.4f}  lr {learning_rate(step, config):.2e}  {time.time() - started:6.0f}s")
     model.eval()
 
 
@@ -243,7 +240,7 @@ def evaluate(model, tokenizer, task: ToyTask, config: WarmstartConfig) -> dict:
     from effreason.models import stop_token_ids
     from effreason.sampler import Sampler, SamplingParams
 
-    problems = task.problems(config.eval_problems, split="test", seed=config.seed)
+    problems = task.problems(config.eval_problems, split="test", seed=0)  # the training run's held-out set, whatever the seed
     params = SamplingParams(n=1, temperature=0.0, max_tokens=config.max_new_tokens, stop_token_ids=stop_token_ids(model, tokenizer))
     responses = generate_responses(Sampler(model), tokenizer, problems, params)
     metrics = dataset_metrics(grade_responses(problems, responses, task.is_correct))
@@ -303,11 +300,11 @@ def evaluate_and_save(model, tokenizer, task: ToyTask, config: WarmstartConfig, 
 
 def warmstart_dir() -> Path:
     """The shipped checkpoint folder; when it is missing, the cached build under
-    ``~/.cache/effreason/warmstart`` (built now, ~25 min on a 2-core CPU, if absent)."""
+    ``~/.cache/effreason/warmstart`` (built now if absent)."""
     if (SHIPPED_DIR / "model.safetensors").exists():
         return SHIPPED_DIR
     if not (CACHE_DIR / "model.safetensors").exists():
-        print(f"effreason: no shipped warm start; building it into {CACHE_DIR} (about 25 min on a 2-core CPU)", file=sys.stderr)
+        print(f"effreason: no shipped warm start; building it into {CACHE_DIR} (15-20 min on a 2-core CPU)", file=sys.stderr)
         build_warmstart(WarmstartConfig(), CACHE_DIR, log=lambda line: print(line, file=sys.stderr))
     return CACHE_DIR
 

@@ -11,7 +11,10 @@ import torch
 from effreason.tasks.prompting import PAPER_PROMPT, build_prompt, encode_prompt
 from effreason.tasks.toy import ToyTask
 from effreason.models import load_checkpoint
-from effreason.warmstart import SHIPPED_DIR, WarmstartConfig, evaluate, format_table, recheck_token_count
+from effreason.warmstart import (
+    SHIPPED_DIR, WarmstartConfig, build_model, build_tokenizer, evaluate, format_table, recheck_token_count, train,
+    training_units,
+)
 
 shipped = pytest.mark.skipif(not (SHIPPED_DIR / "model.safetensors").exists(), reason="no shipped warm start")
 
@@ -101,6 +104,25 @@ def test_the_shipped_report_is_what_evaluate_gives(task, warmstart, one_thread):
     lines = format_table(metrics).splitlines()
     assert lines[0].split() == ["difficulty", "accuracy", "mean", "tokens", "recheck", "share", "eos"]
     assert lines[-1].split()[0] == "all" and len(lines) == 2 + len(task.difficulties)
+
+
+def test_sft_step_minimises_the_response_cross_entropy(task):
+    """The warm start's update (the loop's optimizer_steps with the rs-sft loss) logs HF's
+    cross-entropy over response tokens (prompt labels -100) on the same first batch."""
+    config = WarmstartConfig(steps=1, batch_size=4, warmup_steps=1)
+    tokenizer = build_tokenizer(task)
+    torch.manual_seed(0)
+    model = build_model(config, tokenizer)
+    units = next(training_units(task, tokenizer, config))
+    rows = [(unit.prompt_ids + unit.responses[0], [-100] * len(unit.prompt_ids) + unit.responses[0]) for unit in units]
+    length = max(len(ids) for ids, _ in rows)
+    input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (length - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([targets + [-100] * (length - len(targets)) for _, targets in rows])
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=input_ids != tokenizer.pad_token_id, labels=labels).loss.item()
+    lines = []
+    train(model, tokenizer, task, config, log=lines.append)
+    assert float(lines[0].split()[3]) == pytest.approx(expected, abs=1e-4)
 
 
 def test_answer_first_config_is_checked():

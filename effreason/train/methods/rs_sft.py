@@ -18,6 +18,13 @@ from effreason.train.methods.units import SampledGroup, TrainingUnit, UnitMethod
 from effreason.train.packing import MicroBatch
 
 
+def response_nll(model, batch: MicroBatch, lm_head_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """``-sum_s sum_t log pi(y_st | x_s, y_s<t)``: the negative log-likelihood of the batch's response
+    tokens, summed (the caller divides by the mini-batch's response tokens), and no statistics.
+    The SFT loss of this method and of the warm start (:mod:`effreason.warmstart`)."""
+    return -sequence_logprobs(model, batch, lm_head_dtype).sum(), {}
+
+
 def select_shortest_correct(group: SampledGroup) -> TrainingUnit | None:
     """The SFT example of one prompt: its shortest correct sample (first on ties); None when none is correct."""
     response = shortest_correct(group)
@@ -34,8 +41,7 @@ class RejectionSamplingSFT(UnitMethod):
         return select_shortest_correct(group)
 
     def loss(self, model, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """``-sum_s sum_t log pi(y_st | x_s, y_s<t)``: the negative log-likelihood summed over the batch's tokens."""
-        return -sequence_logprobs(model, batch, self.trainer.lm_head_dtype).sum(), {}
+        return response_nll(model, batch, self.trainer.lm_head_dtype)
 
     def normaliser(self, units: list[TrainingUnit]) -> int:
         return sum(len(unit.responses[0]) for unit in units)
