@@ -5,7 +5,8 @@ The method (``--method``: the paper's RL, rs-sft or dpo; :mod:`effreason.train.m
 part that differs between runs; devices, torchrun (DDP on CPU, FSDP2 on CUDA), the CPU thread
 policy, checkpoints and resume, the evaluation and the run folder are this file's, for every method.
 Memory follows :mod:`effreason.train.memory_plan`: the micro-batch budget and the sampler's KV cache
-are sized from it, the AdamW state exists before the first rollout, and on CUDA a step holds either
+are sized from it, the AdamW state exists before the first rollout, and the sampler's KV cache and
+weight copy stay allocated between rollouts when they fit next to the update, else a step holds either
 the rollout's memory (KV cache, sampler weights) or the update's (gradients, activations), never both.
 ``run(config) -> Path`` writes the run folder::
 
@@ -137,7 +138,7 @@ class Trainer:
                                     backend=config.rollout_backend,
                                     weights_dtype=None if self.context.sharded else self.compute_dtype,
                                     kv_cache_tokens=max(self.plan.kv_cache_tokens, 1),
-                                    release_memory=self.device.type == "cuda")
+                                    release_memory=not self.plan.sampler_resident)
         self.method = METHODS[config.method](self)
         self.trainable = distributed.wrap_policy(self.method.module, self.context, self.compute_dtype)
         self.optimizer = torch.optim.AdamW(

@@ -3,13 +3,20 @@ the real run takes (micro-batch token budget, KV-cache tokens).
 
     python -m effreason.train --preset paper-1.5b --model DIR --dry-run --device-memory 80
 
-A step has two phases, and the device holds only one of them at a time (the loop frees the sampler's KV
-cache and weight copy before the update, and the gradients before the next rollout)::
+A step has two phases (the loop frees the gradients before each rollout)::
 
     rollout  master weights + AdamW state + reference + sampler weights + sampler workspace + KV cache
     update   master weights + AdamW state + reference + gradients + fixed update buffers + activations(T)
+    kept     update + sampler weights + KV cache
 
-Both must stay under ``usable = gpu_memory_utilization * device memory - overhead`` (overhead: the CUDA
+When ``kept`` fits (on CUDA the micro-batch budget shrinks to make it fit, down to
+``KEPT_MIN_MICRO_BATCH_TOKENS``), the sampler's weight copy and KV cache stay allocated from one rollout
+to the next: the copy is refreshed in place after each optimizer step, so the decode graphs captured at
+the first rollout stay valid (``sampler_resident``). Otherwise the loop frees both before each update,
+so the device holds one phase at a time, and the next rollout allocates them and captures its graphs
+again.
+
+Both phases must stay under ``usable = gpu_memory_utilization * device memory - overhead`` (overhead: the CUDA
 context and library workspaces, which torch's allocator does not see). Everything below is per process
 (per rank); under FSDP2 the master weights, gradients and AdamW state are sharded ``world_size`` ways.
 
@@ -76,6 +83,10 @@ CPU_MICRO_BATCH_TOKENS = 8192
 CUDA_OVERHEAD_BYTES = 1 << 30
 """Dry-run estimate of the CUDA memory outside torch's allocator (context, cuBLAS and NCCL workspaces); a
 real run measures it."""
+KEPT_MIN_MICRO_BATCH_TOKENS = 16384
+"""On CUDA, the sampler stays allocated between rollouts when the update still gets micro-batches of this many
+tokens next to it: large enough that the update's matmuls are compute-bound, so the smaller budget costs
+less than capturing the decode graphs again every rollout (a choice, not yet measured on a GPU)."""
 BUDGET_STEP = 256
 """Micro-batch budgets above this are rounded down to a multiple of it."""
 SAMPLING_BYTES_PER_LOGIT = {False: 12, True: 45}
@@ -326,6 +337,10 @@ class MemoryPlan:
     """At ``micro_batch_tokens``."""
     update_peak_bytes: int
     """At ``max(micro_batch_tokens, longest row)``, or the optimizer step's peak if higher."""
+    kept_peak_bytes: int
+    """The update's peak with the sampler's weights and KV cache still allocated."""
+    sampler_resident: bool
+    """``kept_peak_bytes`` fits: the sampler's weights and KV cache stay allocated between rollouts."""
     fits: bool
     reason: str
 
@@ -343,7 +358,14 @@ class MemoryPlan:
         """One line for the training log."""
         return (f"memory plan: {'fits' if self.fits else 'does not fit'}: rollout peak {_gib(self.rollout_peak_bytes)} "
                 f"with a {self.kv_cache_tokens:,}-token KV cache, update peak {_gib(self.update_peak_bytes)} at "
-                f"{self.micro_batch_tokens:,} tokens per micro-batch, limit {_gib(self.limit_bytes)}")
+                f"{self.micro_batch_tokens:,} tokens per micro-batch, limit {_gib(self.limit_bytes)}; "
+                f"{self._between_phases()}")
+
+    def _between_phases(self) -> str:
+        if self.sampler_resident:
+            return "sampler weights and KV cache kept between rollouts"
+        return "sampler weights and KV cache freed before each update"
+
 
     def table(self) -> str:
         """The dry run's report: the parts, both phases and the verdict."""
@@ -361,7 +383,8 @@ class MemoryPlan:
             ("gradients (float32)", _gib(self.gradient_bytes), "update"),
             ("reference model", _gib(self.reference_bytes), "both phases" if self.reference_bytes else "none"),
             (f"sampler weights ({compute})", _gib(self.sampler_weight_bytes),
-             "rollout" if self.sampler_weight_bytes else "none: reads the master weights"),
+             ("both phases" if self.sampler_resident else "rollout") if self.sampler_weight_bytes
+             else "none: reads the master weights"),
             ("sampler workspace", _gib(self.sampler_workspace_bytes), "rollout"),
             ("KV cache per token", _kib(self.kv_bytes_per_token),
              f"{self.kv_cache_tokens:,} tokens = {_gib(self.kv_cache_tokens * self.kv_bytes_per_token)}"),
@@ -371,6 +394,7 @@ class MemoryPlan:
             ("rollout peak", _gib(self.rollout_peak_bytes), f"{self.sequences_at_full_length:,} sequences of "
              f"{settings.rollout_sequence_tokens:,} tokens at once (a rollout has {settings.rollout_sequences:,})"),
             ("update peak", _gib(self.update_peak_bytes), f"a micro-batch of {self.update_tokens:,} tokens"),
+            ("update peak, sampler kept", _gib(self.kept_peak_bytes), self._between_phases()),
         ]
         width = max(len(name) for name, _, _ in rows)
         lines = [header, device] + [f"  {name:<{width}}  {value:>12}  {note}" for name, value, note in rows]
@@ -408,11 +432,15 @@ def plan_memory(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
     def update_peak(tokens: int) -> int:
         return max(update_base + tokens * activation_bytes_per_token(shape, settings, tokens), step_peak)
 
-    fitting = _largest_fitting(update_peak, limit, max(settings.mini_batch_rows, 1) * settings.longest_row)
+    def kept_peak(tokens: int) -> int:
+        return update_peak(tokens) + weights + kv_tokens * token_bytes
+
+    cap = max(settings.mini_batch_rows, 1) * settings.longest_row
+    fitting = _largest_fitting(update_peak, limit, cap)
     if settings.micro_batch_tokens is not None:
         budget = settings.micro_batch_tokens
     elif settings.on_cuda:
-        budget = fitting or settings.longest_row
+        budget = _cuda_budget(fitting, _largest_fitting(kept_peak, limit, cap), settings.longest_row)
     else:
         budget = min(CPU_MICRO_BATCH_TOKENS, fitting) or settings.longest_row
     update_tokens = max(budget, settings.longest_row)
@@ -422,10 +450,22 @@ def plan_memory(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
         sampler_workspace_bytes=workspace, kv_bytes_per_token=token_bytes, kv_cache_tokens=kv_tokens,
         rollout_peak_bytes=rollout_peak, fitting_micro_batch_tokens=fitting, micro_batch_tokens=budget,
         activation_bytes_per_token=activation_bytes_per_token(shape, settings, budget),
-        update_peak_bytes=update_peak(update_tokens), fits=True, reason="",
+        update_peak_bytes=update_peak(update_tokens), kept_peak_bytes=kept_peak(update_tokens),
+        sampler_resident=kept_peak(update_tokens) <= limit,
+        fits=True, reason="",
     )
     fits, reason = _verdict(plan, resident + gradients)
     return dataclasses.replace(plan, fits=fits, reason=reason)
+
+
+def _cuda_budget(fitting: int, fitting_kept: int, longest_row: int) -> int:
+    """The micro-batch budget on CUDA: the largest that fits next to the kept sampler (``fitting_kept``) when
+    it is as large as the largest that fits alone or at least ``KEPT_MIN_MICRO_BATCH_TOKENS`` (and one longest
+    row), else the largest that fits alone (the sampler is then freed before each update)."""
+    enough = min(fitting, max(longest_row, KEPT_MIN_MICRO_BATCH_TOKENS))
+    if fitting_kept and fitting_kept >= enough:
+        return fitting_kept
+    return fitting or longest_row
 
 
 def _kv_cache_tokens(settings: PlanSettings, free_bytes: int, token_bytes: int) -> int:

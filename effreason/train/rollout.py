@@ -4,8 +4,10 @@
 sampler (``effreason.sampler.Sampler``). The sampler reads the model's own parameters when they are
 in the compute dtype (float32, or FSDP2's gathered parameters), so no weight sync is needed after an
 optimizer step; with float32 master weights and a lower compute dtype each ``generate`` first casts
-them into a copy (:class:`SamplingWeights`) and frees it at the end. ``release_memory`` also frees the
-KV cache after each call, so the update that follows has that memory (the trainer does so on CUDA).
+them into a copy (:class:`SamplingWeights`), in place from the second call on, so the copy keeps its
+addresses and captured CUDA graphs stay valid. ``release_memory`` frees the copy and the KV cache after
+each call instead, so the update that follows has that memory (the trainer does so when the memory plan
+says they do not fit next to the update).
 ``backend="hf"`` serves the same interface through Hugging Face ``generate()`` (slower; a
 cross-check of the sampler). A step's graded completions are a :class:`Rollout`, what every
 training method updates from.
@@ -91,7 +93,8 @@ class SamplingWeights:
 
     ``model`` itself is the structure with its parameters replaced by meta-device placeholders (its
     buffers, such as the RoPE frequencies, are copied once); ``materialize`` casts the current
-    parameters into it (tied parameters stay tied), ``release`` puts the placeholders back.
+    parameters into it (tied parameters stay tied): into new tensors the first time and after
+    ``release``, else in place (same tensors, same addresses). ``release`` puts the placeholders back.
     """
 
     def __init__(self, source: torch.nn.Module, dtype: torch.dtype):
@@ -103,9 +106,18 @@ class SamplingWeights:
     def _placeholder(self, parameter: torch.Tensor) -> torch.Tensor:
         return torch.empty(parameter.shape, dtype=self.dtype, device="meta")
 
+    @property
+    def materialized(self) -> bool:
+        return next(self.model.parameters()).device.type != "meta"
+
     @torch.no_grad()
     def materialize(self) -> None:
-        self._assign(lambda parameter: parameter.detach().to(self.dtype))
+        if not self.materialized:
+            self._assign(lambda parameter: parameter.detach().to(self.dtype))
+            return
+        copies = dict(zip(map(id, self.source.parameters()), self.model.parameters()))  # unique, in one order
+        for parameter in self.source.parameters():
+            copies[id(parameter)].copy_(parameter.detach())
 
     def release(self) -> None:
         self._assign(self._placeholder)
@@ -128,8 +140,9 @@ class RolloutEngine:
     """Generates completions from ``model`` (its live weights) in batches of ``max_batch_prompts`` prompts.
 
     ``weights_dtype``: the dtype the sampler computes in; a dtype other than the parameters' makes each
-    ``generate`` sample from a :class:`SamplingWeights` copy. ``kv_cache_tokens``: the sampler's KV-cache
-    capacity (None: its default). ``release_memory``: free the KV cache after each ``generate``.
+    ``generate`` sample from a :class:`SamplingWeights` copy, refreshed in place. ``kv_cache_tokens``: the
+    sampler's KV-cache capacity (None: its default). ``release_memory``: free the KV cache and the weight
+    copy after each ``generate``.
     """
 
     def __init__(self, model, *, pad_token_id: int, max_batch_prompts: int = 64, backend: str = "auto",
@@ -173,18 +186,18 @@ class RolloutEngine:
             self.model.train(was_training)
 
     def _sample(self, prompt_ids: list[list[int]], params: SamplingParams, progress: bool) -> list[list[Completion]]:
-        """The sampler's completions, from the weight copy when there is one; the copy (and with
-        ``release_memory`` the KV cache) freed afterwards."""
+        """The sampler's completions, from the weight copy when there is one; with ``release_memory`` the
+        copy and the KV cache freed afterwards."""
         if self.weights is not None:
             self.weights.materialize()
-            self.sampler.weights_changed()  # a new copy may reuse the old one's addresses
+            self.sampler.weights_changed()  # the copy changed in place, or a new one may reuse old addresses
         try:
             return self.sampler.generate(prompt_ids, params, progress=progress)
         finally:
-            if self.weights is not None or self.release_memory:
+            if self.release_memory:
                 self.sampler.release()
-            if self.weights is not None:
-                self.weights.release()
+                if self.weights is not None:
+                    self.weights.release()
 
 
 def _left_padded(prompt_ids: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

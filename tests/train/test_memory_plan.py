@@ -135,7 +135,23 @@ def test_dry_run_estimate_is_within_25_percent_of_the_measured_cpu_peak(checkpoi
 def test_the_miniature_keeps_its_cpu_sizes():
     plan = plan_for_config(TrainConfig(device="cpu"))
     assert (plan.micro_batch_tokens, plan.kv_cache_tokens, plan.sampler_weight_bytes) == (8192, 65536, 0)
-    assert plan.fits
+    assert plan.fits and plan.sampler_resident
+
+
+def test_the_sampler_stays_allocated_only_where_it_fits_next_to_the_update(config_only_1_5b):
+    """1.5B on 80 GiB: a small rollout (8 prompts x 8, 4k tokens) keeps the sampler's weights and KV cache
+    between rollouts, with a smaller but still large micro-batch budget; the paper's rollout fills the device
+    with KV cache, so it is freed before each update."""
+    paper = dict(preset="paper-1.5b", model=str(config_only_1_5b), device_memory=80.0)
+    small = plan_for_config(resolve_config(dict(paper, prompts_per_step=8, max_new_tokens=4096, eval_problems=0)))
+    assert small.fits and small.sampler_resident and small.kept_peak_bytes <= small.limit_bytes
+    assert 16384 <= small.micro_batch_tokens < small.fitting_micro_batch_tokens
+    assert small.kept_peak_bytes == small.update_peak_bytes + small.sampler_weight_bytes + \
+        small.kv_cache_tokens * small.kv_bytes_per_token
+    full = plan_for_config(resolve_config(paper))
+    assert full.fits and not full.sampler_resident and full.kept_peak_bytes > full.limit_bytes
+    assert full.micro_batch_tokens == full.fitting_micro_batch_tokens
+    assert "freed before each update" in full.summary() and "kept between rollouts" in small.summary()
 
 
 def test_cuda_sizes_come_from_the_plan():

@@ -112,12 +112,12 @@ def _token_ids(groups) -> list:
 
 def test_the_sampler_reads_a_compute_dtype_copy_made_and_freed_per_call(tiny_model_dir):
     """With float32 master weights and bf16 compute the sampler samples from a bf16 copy (the same tokens as a
-    bf16 model), which exists only during ``generate``; the master weights are untouched."""
+    bf16 model); with ``release_memory`` it exists only during ``generate``; the master weights are untouched."""
     from effreason.models import load_checkpoint
 
     master, _, _ = load_checkpoint(tiny_model_dir, device="cpu", dtype="float32")
     bf16_model, _, _ = load_checkpoint(tiny_model_dir, device="cpu", dtype="bfloat16")
-    engine = RolloutEngine(master, pad_token_id=1, weights_dtype=torch.bfloat16)
+    engine = RolloutEngine(master, pad_token_id=1, weights_dtype=torch.bfloat16, release_memory=True)
     expected = RolloutEngine(bf16_model, pad_token_id=1).generate(PROMPTS, GREEDY)
     assert engine.generate(PROMPTS, GREEDY) == expected
     copy = engine.weights.model
@@ -127,6 +127,39 @@ def test_the_sampler_reads_a_compute_dtype_copy_made_and_freed_per_call(tiny_mod
     with torch.no_grad():
         master.model.norm.weight.mul_(2.0)  # the next call copies the current weights
     assert engine.generate(PROMPTS, GREEDY) != expected
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]),
+])
+def test_a_kept_weight_copy_is_refreshed_in_place_after_an_optimizer_step(tiny_model_dir, device):
+    """Without ``release_memory`` the bf16 copy and the KV cache stay allocated between calls: after an AdamW
+    step of the float32 masters the copy holds their new values at the same addresses, samples what a bf16
+    model of the stepped weights samples, and (CUDA) replays the decode graphs captured by the first call."""
+    from effreason.models import load_checkpoint
+
+    master, _, _ = load_checkpoint(tiny_model_dir, device=device, dtype="float32")
+    engine = RolloutEngine(master, pad_token_id=1, weights_dtype=torch.bfloat16)
+    first = engine.generate(PROMPTS, GREEDY)
+    graphs = engine.sampler.runner.graphs
+    captured = dict(graphs.graphs) if graphs is not None else {}
+    assert (device == "cuda") == bool(captured)
+    weights_copy, kv_cache = engine.weights.model, engine.sampler.runner.kv_cache
+    addresses = [p.data_ptr() for p in weights_copy.parameters()]
+    optimizer = torch.optim.AdamW(master.parameters(), lr=1e-2)
+    for parameter in master.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    optimizer.step()
+    after = engine.generate(PROMPTS, GREEDY)
+    assert [p.data_ptr() for p in weights_copy.parameters()] == addresses and engine.sampler.runner.kv_cache is kv_cache
+    assert weights_copy.lm_head.weight is weights_copy.model.embed_tokens.weight
+    masters = dict(master.named_parameters())
+    for name, parameter in weights_copy.named_parameters():
+        assert torch.equal(parameter, masters[name].detach().to(torch.bfloat16)), name
+    assert engine.sampler.runner.graphs is graphs and all(graphs.graphs[size] is graph for size, graph in captured.items())
+    stepped, _, _ = load_checkpoint(tiny_model_dir, device=device, dtype="bfloat16")
+    stepped.load_state_dict(master.state_dict())
+    assert after == RolloutEngine(stepped, pad_token_id=1).generate(PROMPTS, GREEDY) and after != first
 
 
 def test_released_kv_cache_is_allocated_again_with_the_same_results(tiny_model_dir):
