@@ -366,7 +366,6 @@ class MemoryPlan:
             return "sampler weights and KV cache kept between rollouts"
         return "sampler weights and KV cache freed before each update"
 
-
     def table(self) -> str:
         """The dry run's report: the parts, both phases and the verdict."""
         settings, shape = self.settings, self.shape

@@ -115,9 +115,8 @@ class SamplingWeights:
         if not self.materialized:
             self._assign(lambda parameter: parameter.detach().to(self.dtype))
             return
-        copies = dict(zip(map(id, self.source.parameters()), self.model.parameters()))  # unique, in one order
-        for parameter in self.source.parameters():
-            copies[id(parameter)].copy_(parameter.detach())
+        for copy_parameter, parameter in zip(self.model.parameters(), self.source.parameters(), strict=True):
+            copy_parameter.copy_(parameter.detach())  # both iterate unique parameters in module order
 
     def release(self) -> None:
         self._assign(self._placeholder)
