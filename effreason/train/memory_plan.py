@@ -9,8 +9,8 @@ A step has two phases (the loop frees the gradients before each rollout)::
     update   master weights + AdamW state + reference + gradients + fixed update buffers + activations(T)
     kept     update + sampler weights + KV cache
 
-When ``kept`` fits (on CUDA the micro-batch budget shrinks to make it fit, down to
-``KEPT_MIN_MICRO_BATCH_TOKENS``), the sampler's weight copy and KV cache stay allocated from one rollout
+When ``kept`` fits (on CUDA, unless ``--micro-batch-tokens`` is given, the budget shrinks to make it fit,
+down to ``KEPT_MIN_MICRO_BATCH_TOKENS``), the sampler's weight copy and KV cache stay allocated from one rollout
 to the next: the copy is refreshed in place after each optimizer step, so the decode graphs captured at
 the first rollout stay valid (``sampler_resident``). Otherwise the loop frees both before each update,
 so the device holds one phase at a time, and the next rollout allocates them and captures its graphs
@@ -443,14 +443,14 @@ def plan_memory(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
     else:
         budget = min(CPU_MICRO_BATCH_TOKENS, fitting) or settings.longest_row
     update_tokens = max(budget, settings.longest_row)
+    kept = kept_peak(update_tokens)
     plan = MemoryPlan(
         shape=shape, settings=settings, limit_bytes=limit, master_weight_bytes=master, gradient_bytes=gradients,
         optimizer_bytes=optimizer, reference_bytes=reference, sampler_weight_bytes=weights,
         sampler_workspace_bytes=workspace, kv_bytes_per_token=token_bytes, kv_cache_tokens=kv_tokens,
         rollout_peak_bytes=rollout_peak, fitting_micro_batch_tokens=fitting, micro_batch_tokens=budget,
         activation_bytes_per_token=activation_bytes_per_token(shape, settings, budget),
-        update_peak_bytes=update_peak(update_tokens), kept_peak_bytes=kept_peak(update_tokens),
-        sampler_resident=kept_peak(update_tokens) <= limit,
+        update_peak_bytes=update_peak(update_tokens), kept_peak_bytes=kept, sampler_resident=kept <= limit,
         fits=True, reason="",
     )
     fits, reason = _verdict(plan, resident + gradients)
@@ -458,9 +458,10 @@ def plan_memory(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
 
 
 def _cuda_budget(fitting: int, fitting_kept: int, longest_row: int) -> int:
-    """The micro-batch budget on CUDA: the largest that fits next to the kept sampler (``fitting_kept``) when
-    it is as large as the largest that fits alone or at least ``KEPT_MIN_MICRO_BATCH_TOKENS`` (and one longest
-    row), else the largest that fits alone (the sampler is then freed before each update)."""
+    """The micro-batch budget on CUDA when none is asked for. ``fitting``: the largest that fits alone;
+    ``fitting_kept``: the largest that fits next to the kept sampler (0: none). The kept budget wins when it
+    reaches ``min(fitting, max(longest_row, KEPT_MIN_MICRO_BATCH_TOKENS))``; else the sampler is freed before
+    each update and the budget is ``fitting`` (one longest row when nothing fits)."""
     enough = min(fitting, max(longest_row, KEPT_MIN_MICRO_BATCH_TOKENS))
     if fitting_kept and fitting_kept >= enough:
         return fitting_kept

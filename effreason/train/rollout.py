@@ -108,6 +108,7 @@ class SamplingWeights:
 
     @property
     def materialized(self) -> bool:
+        """Whether the copy holds tensors (else meta placeholders)."""
         return next(self.model.parameters()).device.type != "meta"
 
     @torch.no_grad()
