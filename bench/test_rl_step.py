@@ -16,7 +16,8 @@ Reported per phase: seconds, tokens, tokens/s (rollout: response tokens; update 
 tokens, verl's throughput count), the update's MFU, peak memory, and the rollout's share of the step.
 MFU = model FLOPs / update seconds / the matmul rate measured in this process (a bf16 GEMM on CUDA,
 ``bench/ceilings.py``; a float32 GEMM on the CPU). Model FLOPs (``update_flops``) count the policy's forward and
-backward (6 * params * tokens plus causal attention) and the reference model's forward, no recomputation.
+backward (6 * params * tokens plus causal attention), the reference model's forward and, when pi_old comes from
+the trainer (bf16 compute, ``--old-logprobs``), the policy's no-grad forward for it; not checkpointing's recompute.
 Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA, the process's peak resident memory on the CPU
 (``VmHWM``, reset per phase). Published per-GPU figures of other RL trainers are printed as reference rows.
 
@@ -42,7 +43,7 @@ from effreason.train.config import resolve_config
 from effreason.train.loop import Trainer, prepare_for_training
 from effreason.train.methods.rl import PolicyLoss
 from effreason.train.packing import build_micro_batch
-from effreason.train.step import _autocast
+from effreason.train.step import autocast_to
 
 QUICK = os.environ.get("EFFREASON_BENCH_QUICK", "0") == "1"
 WARMUP_TOKENS = 16
@@ -164,13 +165,14 @@ def _timed(function) -> float:
     return time.perf_counter() - started
 
 
-def update_flops(model, rollout, with_reference: bool) -> float:
+def update_flops(model, rollout, extra_forwards: int) -> float:
     """Model FLOPs of the update over ``rollout``; recomputation (activation checkpointing) is not counted.
 
     Per sequence with T = prompt + response - 1 input tokens and R response tokens (the LM head runs on those only),
     one forward is ``2 * (N_body * T + N_head * R) + 2 * layers * d_q * T^2`` (N: the weights of the decoder's linear
     layers and of the LM head; causal attention: QK^T and PV over T^2 / 2 pairs each, d_q = heads * head_dim).
-    Training is 3 forwards (forward + backward, the 6 * params * tokens rule); the frozen reference adds one.
+    Training is 3 forwards (forward + backward, the 6 * params * tokens rule); ``extra_forwards`` adds the frozen
+    reference's and pi_old's forwards.
     """
     config = model.config
     linear = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
@@ -181,7 +183,7 @@ def update_flops(model, rollout, with_reference: bool) -> float:
     for prompt, response in zip(rollout.prompts, rollout.responses):
         inputs = len(prompt) + len(response) - 1
         forward += 2 * (body * inputs + head * len(response)) + 2 * config.num_hidden_layers * query_width * inputs**2
-    return (3 + int(with_reference)) * forward
+    return (3 + extra_forwards) * forward
 
 
 # ----------------------------------------------------------------------------- the step
@@ -215,7 +217,8 @@ def measure_step(trainer: Trainer, shape: StepShape) -> dict:
     response_tokens = sum(lengths) * shape.samples
     step_tokens = response_tokens + sum(len(p) for p in rollout.prompts)
     rate, rate_source = matmul_rate(trainer.device)
-    flops = update_flops(trainer.model, rollout, trainer.method.reference is not None)
+    extra_forwards = int(trainer.method.reference is not None) + int(trainer.method.recomputes_old_logprobs)
+    flops = update_flops(trainer.model, rollout, extra_forwards)
     rollout_s, update_s = phases.seconds["rollout"], phases.seconds["update"]
     return {
         "shape": dataclasses.asdict(shape), "forced_lengths": lengths, "device": _device_name(trainer.device),
@@ -311,7 +314,7 @@ def micro_batch_peak_bytes(model, num_tokens: int, prompt_tokens: int = 512) -> 
                              loss_options=dict(clip_eps=(0.2, 0.2), loss_agg="seq-mean-token-mean"))
     _sync(device)
     reset_peak_memory(device)
-    with _autocast(device, torch.bfloat16):
+    with autocast_to(device, torch.bfloat16):
         loss, _ = loss_module(batch, 0.2)
     loss.backward()
     _sync(device)

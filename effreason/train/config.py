@@ -34,6 +34,7 @@ DPO_DEFAULT_LR = 3e-5
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ROLLOUT_BACKENDS = ("auto", "sampler", "hf")
+OLD_LOGPROB_SOURCES = ("auto", "trainer", "sampler")
 
 
 def _option(default, help_text: str, *, choices=None, flag: bool = True):
@@ -126,6 +127,7 @@ class TrainConfig(RewardOptions):
     kl_estimator: str = _option("k3", "KL estimator", choices=KL_ESTIMATORS)
     kl_in_reward: bool = _option(False, "subtract the KL from the per-token reward (the paper's) instead of adding it to the loss")
     tis_cap: float = _option(0.0, "truncated importance-sampling correction for sampler/trainer mismatch: cap C of the per-sequence weight (0 = off)")
+    old_logprobs: str = _option("auto", "pi_old of the PPO ratio and of the KL reward: 'trainer' = the trainer's own log-probs before the step, in the compute dtype (ratio 1 when the step is one mini-batch without --tis-cap or --kl-in-reward, else one no-grad forward over the rollout); 'sampler' = the sampler's (free, but a sampler computing in bf16 differs from the trainer's autocast and the clip then masks the difference); auto = trainer when --dtype is not float32", choices=OLD_LOGPROB_SOURCES)
     rollout_backend: str = _option("auto", "rollout engine: the paged sampler (auto, sampler) or HF generate() (hf, slower; a cross-check)", choices=ROLLOUT_BACKENDS)
     micro_batch_tokens: int | None = _option(None, "token budget of one micro-batch (rows x longest row); default: the largest that fits the device's memory on CUDA (see --dry-run), 8192 on the CPU")
 
@@ -189,7 +191,7 @@ class TrainConfig(RewardOptions):
             raise ValueError(f"device_memory must be > 0 GiB, got {self.device_memory}")
         self._check_recipe_options()
         for name in ("method", "reward", "advantage", "loss_agg", "kl_estimator", "device", "dtype", "answer_kind", "rollout_backend",
-                     "data_parallel", "group_filter"):
+                     "data_parallel", "group_filter", "old_logprobs"):
             choices = _field_choices(name)
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")

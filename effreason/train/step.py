@@ -68,7 +68,7 @@ def optimizer_steps(
         for index, (batch, weight) in enumerate(mini_batch):
             batch = batch.to(device) if device is not None else batch
             with _gradient_sync(module, last=index == len(mini_batch) - 1):
-                with _autocast(batch.input_ids.device, compute_dtype):
+                with autocast_to(batch.input_ids.device, compute_dtype):
                     loss, stats = loss_of(module, batch)
                 (loss * weight).backward()
             finite = finite and bool(torch.isfinite(loss.detach()))
@@ -88,7 +88,7 @@ def optimizer_steps(
     return {**averages, "optimizer_steps": taken, "skipped": skipped}
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
+def autocast_to(device: torch.device, dtype: torch.dtype):
     """Autocast to ``dtype`` on ``device``'s type, or nothing for float32."""
     if dtype == torch.float32:
         return contextlib.nullcontext()

@@ -62,7 +62,7 @@ def test_the_1_5b_plan_holds_a_32k_sequence_in_both_phases(config_only_1_5b):
 def _saved_bytes_per_token(model, batch, dtype) -> float:
     """Bytes autograd keeps for backward per input token (distinct storages, parameters excluded)."""
     from effreason.train.methods.rl import PolicyLoss
-    from effreason.train.step import _autocast
+    from effreason.train.step import autocast_to
 
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved = {}
@@ -75,7 +75,7 @@ def _saved_bytes_per_token(model, batch, dtype) -> float:
 
     loss = PolicyLoss(model, group_size=2, paper_objective=True, temperature=1.0, lm_head_dtype=dtype,
                       loss_options=dict(clip_eps=(0.2, 0.2), loss_agg="seq-mean-token-mean"))
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor), _autocast(torch.device("cpu"), dtype):
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor), autocast_to(torch.device("cpu"), dtype):
         loss(batch, 0.2)
     return sum(saved.values()) / batch.input_ids.numel()
 

@@ -193,8 +193,10 @@ def _torchrun(flags: list[str]) -> None:
 def test_fsdp2_resume_restores_the_sharded_optimizer_state(tiny_model_dir, toy_data_file, tmp_path):
     """FSDP2 on the CPU (gloo): a run stopped after 2 steps and resumed to 3 ends with the weights of an
     uninterrupted 3-step run, so the full optimizer state went back onto the shards. Kimi's reward
-    scores wrong answers by length, so the random tiny model still gets a gradient."""
-    settings = dict(eval_problems=0, reward="kimi", advantage="grpo", data_parallel="fsdp2", checkpoint_every=1)
+    scores wrong answers by length, so the random tiny model still gets a gradient. pi_old comes from the
+    trainer's no-grad forward through the FSDP2 module (two mini-batches), as with bf16 on GPUs."""
+    settings = dict(eval_problems=0, reward="kimi", advantage="grpo", data_parallel="fsdp2", checkpoint_every=1,
+                    old_logprobs="trainer", mini_batches=2)
     _torchrun(tiny_run_flags(tiny_model_dir, toy_data_file, tmp_path / "whole", steps=3, **settings))
     _torchrun(tiny_run_flags(tiny_model_dir, toy_data_file, tmp_path / "resumed", steps=2, **settings))
     _torchrun(["--resume", str(tmp_path / "resumed"), "--steps", "3", "--quiet"])

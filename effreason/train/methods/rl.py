@@ -6,10 +6,15 @@ truncated importance weights, then the PPO clipped surrogate (``--clip-eps-low/h
 KL to the starting model with ``--kl-coef``) from the fused LM-head ops, one optimizer step per
 mini-batch. For the paper's reward with RLOO over whole sampled groups, a micro-batch of whole groups
 computes reward and advantage inside the fused op (``fused_policy_loss``); other micro-batches use the
-precomputed advantages (the same numbers).
+precomputed advantages (the same numbers). pi_old of the ratio is the sampler's log-probs, or with
+``--old-logprobs trainer`` (auto when the compute dtype is not float32: the sampler's bf16 copy and the
+trainer's autocast disagree) the trainer's own: ratio 1 for a step of one mini-batch, else one no-grad
+forward over the rollout before the first optimizer step.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -19,7 +24,7 @@ from effreason.train.group_filters import GROUP_FILTERS
 from effreason.train.packing import MicroBatch, build_micro_batch, plan_micro_batches
 from effreason.train.rollout import Rollout
 from effreason.train.scoring import rewards_and_advantages, truncated_importance_weights, uses_fused_reward
-from effreason.train.step import WeightedBatch, lm_head_inputs, optimizer_steps
+from effreason.train.step import WeightedBatch, autocast_to, lm_head_inputs, optimizer_steps
 
 LOGGED_STATS = ("clip_fraction", "kl_mean", "entropy_mean")
 
@@ -29,11 +34,13 @@ class PolicyLoss(torch.nn.Module):
 
     ``paper_objective``: the paper's reward + RLOO inside the fused op (``fused_policy_loss``) for
     micro-batches of whole groups; otherwise the precomputed advantages (the same numbers for the
-    paper's reward) go through ``fused_ppo_loss``.
+    paper's reward) go through ``fused_ppo_loss``. ``on_policy``: the ratio's denominator is the
+    current policy itself (``ratio = exp(logp - logp.detach()) = 1``, its gradient that of ``logp``),
+    not ``batch.old_logprobs``.
     """
 
     def __init__(self, model, *, group_size: int, paper_objective: bool, loss_options: dict, temperature: float,
-                 lm_head_dtype: torch.dtype | None = None):
+                 lm_head_dtype: torch.dtype | None = None, on_policy: bool = False):
         super().__init__()
         self.model = model
         self.lm_head_dtype = lm_head_dtype
@@ -41,10 +48,17 @@ class PolicyLoss(torch.nn.Module):
         self.paper_objective = paper_objective
         self.loss_options = loss_options
         self.temperature = temperature
+        self.on_policy = on_policy
 
-    def forward(self, batch: MicroBatch, alpha: float, ref_logprobs: torch.Tensor | None = None):
+    def forward(self, batch: MicroBatch, alpha: float = 0.0, ref_logprobs: torch.Tensor | None = None, *,
+                logprobs_only: bool = False):
+        """The micro-batch's ``(loss, statistics)``; with ``logprobs_only`` its per-token log-probs (N,)
+        instead (through ``forward``, so DDP and FSDP2 see the call)."""
         hidden, weight = lm_head_inputs(self.model, batch, self.lm_head_dtype)  # (N, H), (V, H)
-        options = dict(self.loss_options, old_logprobs=batch.old_logprobs, ref_logprobs=ref_logprobs, temperature=self.temperature)
+        if logprobs_only:
+            return fused_logprobs(hidden, weight, batch.targets, self.temperature)
+        old_logprobs = None if self.on_policy else batch.old_logprobs
+        options = dict(self.loss_options, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, temperature=self.temperature)
         if self.paper_objective and batch.whole_groups:
             return fused_policy_loss(hidden, weight, batch.targets, batch.cu_seqlens, batch.correct,
                                      group_size=self.group_size, alpha=alpha, **options)
@@ -80,8 +94,12 @@ class ReinforcementLearning:
             clip_eps=config.clip_eps, loss_agg=config.loss_agg,
             norm_length=float(config.max_new_tokens) if config.loss_agg == "seq-mean-token-sum-norm" else None,
         )
+        old_from_trainer = config.old_logprobs == "trainer" or (config.old_logprobs == "auto" and trainer.compute_dtype != torch.float32)
+        needs_old_values = config.mini_batches > 1 or config.tis_cap > 0 or (config.kl_coef > 0 and config.kl_in_reward)
+        self.recomputes_old_logprobs = old_from_trainer and needs_old_values
         self.module = PolicyLoss(trainer.model, group_size=config.group_size, paper_objective=paper_objective,
-                                 loss_options=loss_options, temperature=config.temperature, lm_head_dtype=trainer.lm_head_dtype)
+                                 loss_options=loss_options, temperature=config.temperature, lm_head_dtype=trainer.lm_head_dtype,
+                                 on_policy=old_from_trainer and not needs_old_values)
         self.reference = trainer.load_reference() if self.keeps_reference(config) else None
 
     @staticmethod
@@ -92,6 +110,8 @@ class ReinforcementLearning:
     def update(self, rollout: Rollout, alpha: float) -> dict:
         """Advantages, then one PPO step per mini-batch; the metrics of the update."""
         trainer, config = self.trainer, self.trainer.config
+        if self.recomputes_old_logprobs:
+            rollout = dataclasses.replace(rollout, trainer_logprobs=self._trainer_logprobs(rollout))
         if self.fused_reward:
             rewards, advantages = rewards_and_advantages(rollout.correct, rollout.lengths, config, alpha)
         else:
@@ -110,6 +130,20 @@ class ReinforcementLearning:
                                  all_finite=trainer.context.all_finite, device=trainer.device,
                                  compute_dtype=trainer.compute_dtype)
         return {"reward_mean": float(rewards.mean()), **result}
+
+    @torch.no_grad()
+    def _trainer_logprobs(self, rollout: Rollout) -> list[list[float]]:
+        """pi_old from the trainer (``--old-logprobs trainer``): the policy's per-token log-probs of the
+        rollout before the step, in the compute dtype, over the update's micro-batches without gradient."""
+        trainer = self.trainer
+        values = []
+        for mini_batch in self._mini_batches(rollout, torch.zeros(len(rollout.responses))):
+            for batch, _ in mini_batch:
+                batch = batch.to(trainer.device)
+                with autocast_to(batch.input_ids.device, trainer.compute_dtype):
+                    values.append(trainer.trainable(batch, logprobs_only=True).float().cpu())
+        per_token = torch.cat(values).split([len(response) for response in rollout.responses])
+        return [row.tolist() for row in per_token]
 
     def _mini_batches(self, rollout: Rollout, advantages: torch.Tensor) -> list[list[WeightedBatch]]:
         """The rollout split into ``mini_batches`` parts of whole groups, each packed into weighted micro-batches."""
