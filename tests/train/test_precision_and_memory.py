@@ -81,13 +81,13 @@ def test_bf16_compute_gives_the_float32_gradient(tiny_model_dir):
 
 
 def _trainer(out, **settings):
-    """A built trainer of the built-in miniature (the shipped warm start, the toy task), one thread."""
+    """A built trainer of the built-in miniature (the shipped warm start, the toy task) on one CPU thread."""
     from effreason.train import distributed
     from effreason.train.config import TrainConfig
     from effreason.train.loop import Trainer, seed_everything
 
-    trainer = Trainer(TrainConfig(out=str(out), quiet=True, eval_problems=0, steps=1, cpu_threads=1, **settings),
-                      distributed.setup(torch.device("cpu")))
+    trainer = Trainer(TrainConfig(out=str(out), quiet=True, eval_problems=0, steps=1, device="cpu", cpu_threads=1,
+                                  **settings), distributed.setup(torch.device("cpu")))
     seed_everything(0)
     trainer._build(None)
     return trainer
@@ -328,7 +328,7 @@ def test_a_packed_checkpointed_sequence_gives_the_padded_loss_and_gradient(tiny_
     packed = _long_sequence_loss(tiny_model_dir, 1024, packed=True)
     padded = _long_sequence_loss(tiny_model_dir, 1024, packed=False)
     torch.testing.assert_close(packed[0], padded[0], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(packed[1], padded[1], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(packed[1], padded[1], rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("num_tokens, device", [
