@@ -155,8 +155,9 @@ def test_on_policy_loss_is_the_loss_with_the_current_log_probs_as_old(tiny_model
                               torch.zeros(4), slice(0, 4), 1, 2)
     options = dict(group_size=2, paper_objective=True, temperature=1.0,
                    loss_options=dict(clip_eps=(0.2, 0.2), loss_agg="seq-mean-token-mean"))
-    with torch.no_grad():
-        current = PolicyLoss(model, **options)(batch, logprobs_only=True)
+    current = PolicyLoss(model, **options)(batch, logprobs_only=True)
+    with pytest.raises(ValueError, match="alpha"):
+        PolicyLoss(model, **options)(batch)
     results = []
     for on_policy, old in ((True, batch.old_logprobs), (False, current)):
         model.zero_grad()

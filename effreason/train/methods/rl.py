@@ -50,13 +50,15 @@ class PolicyLoss(torch.nn.Module):
         self.temperature = temperature
         self.on_policy = on_policy
 
-    def forward(self, batch: MicroBatch, alpha: float = 0.0, ref_logprobs: torch.Tensor | None = None, *,
+    def forward(self, batch: MicroBatch, alpha: float | None = None, ref_logprobs: torch.Tensor | None = None, *,
                 logprobs_only: bool = False):
-        """The micro-batch's ``(loss, statistics)``; with ``logprobs_only`` its per-token log-probs (N,)
-        instead (through ``forward``, so DDP and FSDP2 see the call)."""
-        hidden, weight = lm_head_inputs(self.model, batch, self.lm_head_dtype)  # (N, H), (V, H)
+        """The micro-batch's ``(loss, statistics)`` at length-penalty ``alpha``; with ``logprobs_only`` its
+        per-token log-probs (N,) without gradient instead (through ``forward``, so DDP and FSDP2 see the call)."""
         if logprobs_only:
-            return fused_logprobs(hidden, weight, batch.targets, self.temperature)
+            return response_logprobs(self.model, batch, self.temperature, self.lm_head_dtype)
+        if alpha is None:
+            raise ValueError("alpha: the policy loss needs the length-penalty weight")
+        hidden, weight = lm_head_inputs(self.model, batch, self.lm_head_dtype)  # (N, H), (V, H)
         old_logprobs = None if self.on_policy else batch.old_logprobs
         options = dict(self.loss_options, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, temperature=self.temperature)
         if self.paper_objective and batch.whole_groups:
@@ -66,9 +68,10 @@ class PolicyLoss(torch.nn.Module):
 
 
 @torch.no_grad()
-def reference_logprobs(ref_model, batch: MicroBatch, temperature: float, lm_head_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Per-token log-probs (N,) of the frozen reference model on the batch's response tokens."""
-    hidden, weight = lm_head_inputs(ref_model, batch, lm_head_dtype)
+def response_logprobs(model, batch: MicroBatch, temperature: float, lm_head_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Per-token float32 log-probs (N,) of ``model`` on the batch's response tokens, without gradient (the frozen
+    reference's, or the policy's pi_old)."""
+    hidden, weight = lm_head_inputs(model, batch, lm_head_dtype)
     return fused_logprobs(hidden, weight, batch.targets, temperature).float()
 
 
@@ -121,7 +124,7 @@ class ReinforcementLearning:
             advantages = advantages * truncated_importance_weights(rollout.trainer_logprobs, rollout.sampler_logprobs, config.tis_cap)
 
         def loss_of(module, batch: MicroBatch):
-            ref = None if self.reference is None else reference_logprobs(self.reference, batch, config.temperature, trainer.lm_head_dtype)
+            ref = None if self.reference is None else response_logprobs(self.reference, batch, config.temperature, trainer.lm_head_dtype)
             loss, stats = module(batch, alpha, ref)
             return loss, {name: stats.get(name, 0.0) for name in LOGGED_STATS}
 
@@ -141,7 +144,7 @@ class ReinforcementLearning:
             for batch, _ in mini_batch:
                 batch = batch.to(trainer.device)
                 with autocast_to(batch.input_ids.device, trainer.compute_dtype):
-                    values.append(trainer.trainable(batch, logprobs_only=True).float().cpu())
+                    values.append(trainer.trainable(batch, logprobs_only=True).cpu())
         per_token = torch.cat(values).split([len(response) for response in rollout.responses])
         return [row.tolist() for row in per_token]
 
